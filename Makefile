@@ -1,0 +1,27 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch pinned to the build available on the project's CPU machines; pyproject keeps the range open.
+TORCH_PIN ?= torch==2.14.1
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test clean-demo
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The default job on the embedded dataset (no download): a short training run into runs/demo.
+demo: install
+	$(BIN)/raresynth train docs/examples/demo.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,299 @@
+"""The small interfaces every plugin implements.
+
+Four kinds of things plug into raresynth, each an abstract base class here:
+
+* :class:`Generator` - a generative backend (a GAN, a diffusion model, ...).
+* :class:`Regularizer` - a penalty a backend adds to one of its losses.
+* :class:`Metric` - a number computed from real and synthetic image sets.
+* :class:`DataFormat` - a reader that turns files into raw pixel arrays.
+
+Each class declares ``Params``, a pydantic model of its own options: the core
+validates the options a run config gives a plugin against it before any work starts,
+so a typo in a plugin option is an error that names the config field.
+
+Images are exchanged as float tensors in ``[-1, 1]``, shaped ``(N, C, H, W)``.
+Labels are ``int64`` tensors of class indices, or ``None`` for unlabelled data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import numpy as np
+import pydantic
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from accelerate import Accelerator
+
+
+class PluginParams(pydantic.BaseModel):
+    """Base of every plugin's ``Params``: unknown options are errors, not ignored."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------
+# Plain data passed between the core and plugins
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a backend needs to know about the training data to build itself."""
+
+    resolution: int  # images are resolution x resolution (a power of two)
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    class_names: tuple[str, ...] = ()  # empty for unlabelled data
+    num_train: int = 0  # images in the training split
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class Batch:
+    """One batch of real training images, on the backend's device."""
+
+    images: torch.Tensor  # (B, C, H, W), float32 in [-1, 1]
+    labels: torch.Tensor | None  # (B,) int64, or None when unlabelled
+
+
+@dataclass
+class Progress:
+    """Where training stands. ``nimg`` counts real images shown, over all processes."""
+
+    nimg: int = 0
+    step: int = 0  # optimizer steps taken (one per batch)
+    total_kimg: float = 0.0
+
+    @property
+    def kimg(self) -> float:
+        return self.nimg / 1000.0
+
+
+@dataclass
+class ImageSet:
+    """A set of images held in memory, with optional class labels."""
+
+    images: torch.Tensor  # (N, C, H, W), float32 in [-1, 1]
+    labels: torch.Tensor | None = None  # (N,) int64
+    name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One number a metric reports, with the direction that means better."""
+
+    name: str
+    value: float
+    higher_is_better: bool
+
+
+@dataclass
+class PenaltyInputs:
+    """What a backend hands a regularizer when it asks for a penalty.
+
+    A backend fills what it has; a regularizer uses what it needs. ``model`` is the
+    network the regularizer's role names (for ``"discriminator"``: a callable
+    ``model(images, labels) -> logits``).
+    """
+
+    step: int  # optimizer steps of this role taken so far (for lazy regularization)
+    model: Callable[..., torch.Tensor] | None = None
+    real: torch.Tensor | None = None
+    fake: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    real_logits: torch.Tensor | None = None
+    fake_logits: torch.Tensor | None = None
+
+
+@dataclass
+class Record:
+    """One 2D image a data format can read: a file, a frame, a slice or an array row.
+
+    Records never carry patient metadata: ``meta`` holds technical facts only
+    (slice axis, frame number, ...).
+    """
+
+    id: str  # stable and unique within the dataset, e.g. "sub/a.png" or "vol.nii.gz#z=12"
+    source: Path  # the file it is read from (for error messages)
+    index: int | None = None  # frame / slice / row within ``source``
+    label: str | None = None  # class name, when the format provides one
+    group: str = ""  # records of one group (patient, volume) stay on one side of the split
+    split: str | None = None  # "train" or "held_out" when the source fixes it
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RawImage:
+    """Pixels as read from a file, before any preprocessing."""
+
+    pixels: np.ndarray  # (H, W) or (H, W, C) in the file's own dtype and units
+    window: tuple[float, float] | None = None  # (center, width) from the file, e.g. DICOM
+
+
+# ---------------------------------------------------------------------------
+# Plugin interfaces
+# ---------------------------------------------------------------------------
+
+
+class Generator(ABC):
+    """A generative backend that the core's training loop drives.
+
+    Life cycle: the core builds it with validated ``params`` and the data ``spec``,
+    calls :meth:`setup` once with the run's ``Accelerator``, then calls
+    :meth:`train_step` once per batch until the kimg budget is spent. It calls
+    :meth:`state_dict` to checkpoint and :meth:`load_state_dict` to resume or to
+    sample from a finished run.
+
+    Randomness: before every step the core seeds torch's global RNG from
+    (run seed, process rank, step), so a backend that draws its noise from the global
+    RNG resumes exactly, with nothing to save.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    #: Options accepted at sampling time (``raresynth sample RUN key=value``).
+    SampleParams: ClassVar[type[PluginParams]] = PluginParams
+    #: Roles a regularizer may apply to in this backend, e.g. {"discriminator"}.
+    regularizer_roles: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: PluginParams, spec: DataSpec, regularizers: Sequence[Regularizer] = ()):
+        self.params = params
+        self.spec = spec
+        self.regularizers = list(regularizers)
+
+    @abstractmethod
+    def setup(self, accelerator: Accelerator) -> None:
+        """Build networks and optimizers on ``accelerator.device`` and ``prepare`` them."""
+
+    @abstractmethod
+    def train_step(self, batch: Batch, progress: Progress) -> Mapping[str, torch.Tensor | float]:
+        """Take one optimization step on ``batch``; return losses and other statistics.
+
+        Return scalars as detached tensors where possible: the core averages them
+        over a tick and only then moves them to the CPU, so no step waits on the GPU.
+        """
+
+    @abstractmethod
+    def sample(self, seeds: Sequence[int], labels: torch.Tensor | None = None, options: PluginParams | None = None) -> torch.Tensor:
+        """Generate one image per seed: ``(len(seeds), C, H, W)`` float in ``[-1, 1]``.
+
+        The same seed (and label and options) always gives the same image. ``labels``
+        are class indices for conditional backends; ``options`` is a validated
+        ``SampleParams`` (``None`` means the defaults).
+        """
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimizer, EMA, augmentation state.
+
+        A nested structure of dicts, lists, tensors, numbers, strings, booleans and
+        ``None`` (as ``torch.optim.Optimizer.state_dict()`` returns). The core stores
+        it as safetensors plus JSON; nothing is pickled.
+        """
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def modules(self) -> Mapping[str, torch.nn.Module]:
+        """The networks, by role name; the core checks their weights stay finite."""
+        return {}
+
+
+class Regularizer(ABC):
+    """A penalty a backend adds to the loss of the model that ``role`` names.
+
+    Lazy regularization (Karras et al. 2020, "Analyzing and Improving the Image
+    Quality of StyleGAN", sec. 3.1): a regularizer with ``interval = k`` is applied
+    every k-th step of its role, and its penalty is already multiplied by k so that
+    its average strength does not change.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    role: ClassVar[str] = "discriminator"
+
+    def __init__(self, params: PluginParams, spec: DataSpec):
+        self.params = params
+        self.spec = spec
+
+    @property
+    def interval(self) -> int:
+        """Apply every ``interval`` steps of the role (1 = every step)."""
+        return 1
+
+    def due(self, step: int) -> bool:
+        """True when the penalty should be applied at this step of its role."""
+        return step % self.interval == 0
+
+    @abstractmethod
+    def penalty(self, inputs: PenaltyInputs) -> torch.Tensor:
+        """The scalar penalty to add to the role's loss (already weighted)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Own state to checkpoint (for example running averages)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class Metric(ABC):
+    """A measurement computed from the real and synthetic image sets.
+
+    ``train`` is the real training split, ``held_out`` the real held-out split (never
+    shown to a generator), ``synthetic`` the generated images.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    #: What the metric needs beyond images, e.g. {"labels"}.
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: PluginParams, spec: DataSpec):
+        self.params = params
+        self.spec = spec
+
+    @abstractmethod
+    def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
+        """Return the metric's values. Deterministic for the same inputs and params."""
+
+
+class DataFormat(ABC):
+    """A reader for one kind of source (a folder of images, DICOM, NIfTI, ...).
+
+    :meth:`scan` lists the 2D images a source holds without decoding pixels;
+    :meth:`read` decodes one. The core does all preprocessing (intensity
+    normalization, crop or pad, resize, channels) the same way for every format.
+    Readers raise :class:`raresynth.DataError` naming the file and the reason.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    #: One line for ``raresynth plugins`` and ``raresynth data inspect``.
+    description: ClassVar[str] = ""
+    #: True when the format needs no ``data.source`` (it makes or ships its data).
+    needs_source: ClassVar[bool] = True
+
+    def __init__(self, params: PluginParams):
+        self.params = params
+
+    @classmethod
+    def can_read(cls, source: Path) -> bool:
+        """Whether this format recognizes ``source`` (used by ``format: auto``)."""
+        return False
+
+    @abstractmethod
+    def scan(self, source: Path | None) -> list[Record]:
+        """List the records in ``source``; labels filled where the format has them."""
+
+    @abstractmethod
+    def read(self, record: Record) -> RawImage:
+        """Decode one record's pixels."""
