@@ -185,6 +185,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = yaml.safe_load(raw_value) if raw_value != "" else ""
         except yaml.YAMLError:
             value = raw_value
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number is meant
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         parts = key.split(".")
         node: Any = data
         for depth, part in enumerate(parts):

@@ -173,7 +173,11 @@ class Generator(ABC):
 
     @abstractmethod
     def setup(self, accelerator: Accelerator) -> None:
-        """Build networks and optimizers on ``accelerator.device`` and ``prepare`` them."""
+        """Build networks and optimizers on ``accelerator.device`` and ``prepare`` them.
+
+        torch's RNG is seeded with the run seed (the same on every process) just
+        before, so initial weights are reproducible and identical across processes.
+        """
 
     @abstractmethod
     def train_step(self, batch: Batch, progress: Progress) -> Mapping[str, torch.Tensor | float]:
@@ -187,9 +191,11 @@ class Generator(ABC):
     def sample(self, seeds: Sequence[int], labels: torch.Tensor | None = None, options: PluginParams | None = None) -> torch.Tensor:
         """Generate one image per seed: ``(len(seeds), C, H, W)`` float in ``[-1, 1]``.
 
-        The same seed (and label and options) always gives the same image. ``labels``
-        are class indices for conditional backends; ``options`` is a validated
-        ``SampleParams`` (``None`` means the defaults).
+        The same seed (and label and options) always gives the same image, whatever
+        else is in the batch. ``labels`` are class indices for conditional backends, on
+        any device (move them to yours); ``options`` is a validated ``SampleParams``
+        (``None`` means the defaults). Called on the main process only: use the
+        unwrapped (or EMA) network, never a collective operation.
         """
 
     @abstractmethod

@@ -1,0 +1,161 @@
+"""The ``raresynth`` command line.
+
+::
+
+    raresynth plugins                       installed plugins, what each registers, broken ones
+    raresynth train CONFIG [a.b=value ...]  train (--resume, --overwrite, --dry-run)
+    raresynth sample RUN --n 16 --out DIR   PNG files plus manifest.json
+    raresynth data inspect PATH             what a reader sees in a file or folder
+    raresynth bench                         the benchmark harness (not yet available)
+
+Errors the user can fix are printed as one line, without a traceback, exit code 2.
+Several processes: ``accelerate launch -m raresynth train ...`` or
+``torchrun --nproc_per_node 2 -m raresynth train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import RaresynthError
+from .registry import PLUGINS_ENV, Registry, get_registry, load_plugins, parse_plugin_list, set_registry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raresynth", description="Synthetic medical images from small datasets.")
+    parser.add_argument("--version", action="version", version=f"raresynth {__version__}")
+    parser.add_argument("--plugins", metavar="A,B", help=f"load only these plugins (entry-point names); same as {PLUGINS_ENV}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    plugins = commands.add_parser("plugins", help="list installed plugins and what they register")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    train = commands.add_parser("train", help="train a generator from a run config")
+    train.add_argument("config", type=Path, help="run config (YAML)")
+    train.add_argument("overrides", nargs="*", metavar="a.b=value", help="dotted overrides, e.g. generator.name=dcgan budget.kimg=5")
+    train.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="start afresh in an existing run_dir (deletes its previous outputs)")
+    train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (log.jsonl is written anyway)")
+
+    sample = commands.add_parser("sample", help="generate images from a trained run")
+    sample.add_argument("run", type=Path, help="run directory")
+    sample.add_argument("options", nargs="*", metavar="key=value", help="backend sampling options (e.g. truncation=0.7)")
+    sample.add_argument("--n", type=int, default=16, help="number of images (default 16)")
+    sample.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed+i (default 0)")
+    sample.add_argument("--out", type=Path, required=True, help="output folder for PNG files and manifest.json")
+    sample.add_argument("--label", help="class name or index (default: cycle through the classes)")
+    sample.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the run's latest)")
+    sample.add_argument("--overwrite", action="store_true", help="replace files of the same names in --out")
+
+    data = commands.add_parser("data", help="data tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    inspect = data_commands.add_parser("inspect", help="what a reader sees: count, sizes, channels, labels, problems")
+    inspect.add_argument("path", type=Path, help="file or folder")
+    inspect.add_argument("--format", default="auto", help="data format (default: detect)")
+    inspect.add_argument("--option", action="append", default=[], metavar="key=value", help="format option, e.g. axis=1")
+    inspect.add_argument("--labels", default="auto", help="'auto', 'none' or a CSV file")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+
+    commands.add_parser("bench", help="compare backends on one dataset (benchmark harness)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.plugins is not None:
+            set_registry(load_plugins(only=parse_plugin_list(args.plugins)))
+        registry = get_registry()
+        if args.command != "plugins":
+            warn_broken(registry)
+        return COMMANDS[args.command](args, registry)
+    except RaresynthError as exc:
+        for line in str(exc).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def warn_broken(registry: Registry) -> None:
+    for info in registry.broken:
+        source = f" (from {info.distribution})" if info.distribution else ""
+        print(f"warning: plugin '{info.name}'{source} is broken and was not loaded: {info.error}", file=sys.stderr)
+
+
+def cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
+    if args.json:
+        payload = [
+            {"name": p.name, "module": p.module, "distribution": p.distribution, "version": p.version,
+             "hooks": p.hooks, "registers": p.registers, "error": p.error}
+            for p in registry.plugins
+        ]
+        print(json.dumps(payload, indent=1))
+        return 0
+    if not registry.plugins:
+        print("no plugins loaded" + (f" ({PLUGINS_ENV} is set)" if os.environ.get(PLUGINS_ENV) is not None else ""))
+    for p in registry.plugins:
+        origin = f"{p.distribution} {p.version}" if p.distribution else p.module
+        print(f"{p.name}  ({origin})" + ("  BROKEN" if p.broken else ""))
+        if p.broken:
+            print(f"    error: {p.error}")
+            continue
+        for kind, names in sorted(p.registers.items()):
+            print(f"    {kind.replace('_', ' ')}s: {', '.join(names)}")
+        lifecycle = [h for h in p.hooks if not h.startswith("raresynth_register_")]
+        if lifecycle:
+            print(f"    hooks: {', '.join(lifecycle)}")
+    return 1 if registry.broken else 0
+
+
+def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
+    from .config import load_config
+    from .training import dry_run_text, train
+
+    config = load_config(args.config, args.overrides, registry=registry)
+    if args.dry_run:
+        print(dry_run_text(config), end="")
+        return 0
+    run = train(config, resume=args.resume, overwrite=args.overwrite, registry=registry, progress_bar=not args.no_progress)
+    if run.num_processes == 1 or int(os.environ.get("RANK", "0")) == 0:
+        print(f"run finished at {run.progress.kimg:.2f} kimg: {run.run_dir}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, registry: Registry) -> int:
+    from .training import sample_to_folder
+
+    if args.n < 1:
+        raise RaresynthError("--n must be at least 1")
+    manifest = sample_to_folder(args.run, args.out, n=args.n, seed=args.seed, label=args.label, options=args.options,
+                                checkpoint=args.checkpoint, overwrite=args.overwrite, registry=registry)
+    print(f"wrote {args.n} images and {manifest}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, registry: Registry) -> int:
+    from .config import apply_overrides
+    from .data import inspect_source
+
+    options = apply_overrides({}, args.option)
+    report = inspect_source(args.path, format=args.format, registry=registry, options=options, labels=args.labels)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.to_text())
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
+    raise RaresynthError("the benchmark harness is not available yet in this version; train runs with `raresynth train` meanwhile")
+
+
+COMMANDS = {"plugins": cmd_plugins, "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""The training loop every backend shares.
+
+One function, :func:`train`, runs a config from start (or a checkpoint) to its kimg
+budget on Accelerate (mixed precision, several processes). The loop owns data order,
+randomness, logging, checkpoints and sample grids; the backend owns its networks,
+losses and optimizers (:class:`raresynth.Generator`).
+
+A run directory holds::
+
+    config.yaml        the resolved config (plugin defaults filled in)
+    data.json          the data spec and the train / held-out split (record ids only)
+    log.jsonl          one line per tick: kimg, img/s, losses, ...
+    checkpoints/       checkpoint-<nimg>.safetensors, the last `keep_checkpoints`
+    samples/           grid-<nimg>.png, the same seeds every time
+    metrics.json       end-of-run metrics, when the config lists any
+    tensorboard/       when tensorboard is installed
+
+Exact resume: the data order at step ``s`` depends only on (seed, images shown), and
+torch's global RNG is reseeded from (seed, rank, step) before every step. Restoring
+the backend's state and the image counter therefore continues a run exactly where
+an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import RunConfig, load_config, resolve_plugins, save_config
+from .data import Dataset, check_split, load_dataset
+from .errors import RunDirError, TrainingError
+from .images import save_grid
+from .interfaces import Batch, DataSpec, Generator, ImageSet, Progress, Regularizer
+from .registry import Registry, get_registry
+
+RUN_FILES = ("config.yaml", "data.json", "log.jsonl", "metrics.json", "checkpoints", "samples", "tensorboard")
+# Fields a resumed run may change; anything else must match the run's saved config.
+RESUMABLE_CHANGES = ("budget", "schedule", "metrics", "run_dir")
+GRID_SEEDS_OFFSET = 0  # sample grids always use seeds 0..grid_size-1, comparable across snapshots
+
+
+@dataclass
+class RunInfo:
+    """What lifecycle hooks see of a run."""
+
+    run_dir: Path
+    config: RunConfig
+    spec: DataSpec
+    progress: Progress
+    num_processes: int = 1
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------
+# Run directory
+# ---------------------------------------------------------------------------
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into an existing run unless asked; never delete foreign files."""
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite exclude each other: resume continues the run, overwrite starts afresh")
+    existing = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if resume:
+        if not ckpt.list_checkpoints(run_dir / "checkpoints"):
+            raise RunDirError(f"{run_dir}: no checkpoint to resume from; start the run without --resume")
+        return
+    if not existing:
+        return
+    if not overwrite:
+        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --overwrite to start afresh")
+    foreign = [name for name in existing if name not in RUN_FILES]
+    if foreign:
+        raise RunDirError(
+            f"{run_dir}: --overwrite would delete files raresynth did not write ({', '.join(foreign[:3])}); choose another run_dir"
+        )
+    for name in existing:
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+
+
+def check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
+    old_plain, new_plain = saved.plain(), new.plain()
+    changed = [key for key in old_plain if key not in RESUMABLE_CHANGES and old_plain[key] != new_plain.get(key)]
+    if changed:
+        raise RunDirError(
+            f"{run_dir}: cannot resume with a changed {', '.join(changed)} (only {', '.join(RESUMABLE_CHANGES[:3])} may change); "
+            "start a new run_dir instead"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Data order and randomness
+# ---------------------------------------------------------------------------
+
+
+class BatchSampler:
+    """Deterministic, resumable batches: each epoch is a seeded permutation of the data.
+
+    The global batch at image position ``nimg`` is positions ``nimg .. nimg+B`` of the
+    concatenated epoch permutations; process ``rank`` takes its contiguous slice.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, rank: int, num_processes: int, device: torch.device):
+        self.batch_size = batch_size
+        self.per_process = batch_size // num_processes
+        self.rank = rank
+        self.seed = seed
+        self.n = len(data)
+        # A few hundred images fit on the device: indexing there avoids a data loader.
+        size = data.images.numel() * data.images.element_size()
+        where = device if size < 2 * 1024**3 else torch.device("cpu")
+        self.images = data.images.to(where)
+        self.labels = data.labels.to(where) if data.labels is not None else None
+        self.device = device
+        self._epoch_cache: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._epoch_cache:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch_cache = {epoch: torch.randperm(self.n, generator=generator)}
+        return self._epoch_cache[epoch]
+
+    def batch(self, nimg: int) -> Batch:
+        start = nimg + self.rank * self.per_process
+        positions = range(start, start + self.per_process)
+        index = torch.tensor([int(self._permutation(p // self.n)[p % self.n]) for p in positions])
+        index = index.to(self.images.device)
+        images = self.images[index].to(self.device, non_blocking=True)
+        labels = self.labels[index].to(self.device, non_blocking=True) if self.labels is not None else None
+        return Batch(images=images, labels=labels)
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Reseed every RNG a backend may draw from, as a function of (seed, rank, step)."""
+    value = (seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
+# ---------------------------------------------------------------------------
+# Building a backend
+# ---------------------------------------------------------------------------
+
+
+def build_generator(config: RunConfig, spec: DataSpec, registry: Registry) -> Generator:
+    """The configured backend with its regularizers, validated params, not yet set up."""
+    regularizers: list[Regularizer] = []
+    for ref in config.regularizers:
+        reg_cls = registry.regularizer(ref.name)
+        regularizers.append(reg_cls(reg_cls.Params.model_validate(ref.params), spec))
+    gen_cls = registry.generator(config.generator.name)
+    return gen_cls(gen_cls.Params.model_validate(config.generator.params), spec, regularizers)
+
+
+def training_state(generator: Generator, progress: Progress) -> dict[str, Any]:
+    return {
+        "generator": generator.state_dict(),
+        "regularizers": [reg.state_dict() for reg in generator.regularizers],
+        "progress": {"nimg": progress.nimg, "step": progress.step},
+    }
+
+
+def restore_training_state(generator: Generator, state: Mapping[str, Any], progress: Progress) -> None:
+    generator.load_state_dict(state["generator"])
+    saved_regs = state.get("regularizers", [])
+    if len(saved_regs) != len(generator.regularizers):
+        raise RunDirError(f"checkpoint has {len(saved_regs)} regularizer state(s), the config has {len(generator.regularizers)}")
+    for reg, reg_state in zip(generator.regularizers, saved_regs):
+        reg.load_state_dict(reg_state)
+    progress.nimg = int(state["progress"]["nimg"])
+    progress.step = int(state["progress"]["step"])
+
+
+def write_data_json(dataset: Dataset, path: Path) -> None:
+    spec = dataset.spec
+    payload = {
+        "format": dataset.format,
+        "spec": {"resolution": spec.resolution, "channels": spec.channels, "class_names": list(spec.class_names), "num_train": spec.num_train},
+        "split": dataset.split,
+        "skipped": [list(item) for item in dataset.skipped],
+    }
+    path.write_text(json.dumps(payload, indent=1))
+
+
+def read_data_spec(run_dir: Path) -> DataSpec:
+    path = run_dir / "data.json"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: not a raresynth run directory (no data.json)")
+    spec = json.loads(path.read_text())["spec"]
+    return DataSpec(resolution=spec["resolution"], channels=spec["channels"], class_names=tuple(spec["class_names"]), num_train=spec["num_train"])
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def train(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    registry: Registry | None = None,
+    progress_bar: bool = True,
+) -> RunInfo:
+    """Train ``config``'s backend until ``config.budget.kimg`` thousand images are shown."""
+    registry = registry or get_registry()
+    config = resolve_plugins(config, registry)
+    accelerator = Accelerator(mixed_precision=config.precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if config.batch_size % world:
+        raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {world} processes; use a multiple of {world}")
+    run_dir = Path(config.run_dir)
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    if resume:
+        check_resumable(load_config(run_dir / "config.yaml", registry=registry), config, run_dir)
+
+    dataset = load_dataset(config.data, registry)
+    if resume:
+        check_split(dataset, json.loads((run_dir / "data.json").read_text())["split"])
+    spec = dataset.spec
+    generator = build_generator(config, spec, registry)
+    torch.manual_seed(config.seed)  # the same initial weights on every process
+    generator.setup(accelerator)
+
+    progress = Progress(total_kimg=config.budget.kimg)
+    run = RunInfo(run_dir=run_dir, config=config, spec=spec, progress=progress, num_processes=world)
+    if resume:
+        latest = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
+        restore_training_state(generator, ckpt.load_state(latest), progress)
+        run.checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
+    elif accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_data_json(dataset, run_dir / "data.json")
+    if accelerator.is_main_process:
+        save_config(config, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+
+    sampler = BatchSampler(dataset.train, config.batch_size, config.seed, rank, world, accelerator.device)
+    logger = RunLogger(run_dir, enabled=accelerator.is_main_process)
+    main = accelerator.is_main_process
+    if main:
+        registry.hook.raresynth_run_start(run=run, config=config.plain())
+
+    total_nimg = int(round(config.budget.kimg * 1000))
+    tick_nimg = max(1, int(round(config.schedule.tick_kimg * 1000)))
+    snapshot_nimg = max(1, int(round(config.schedule.snapshot_kimg * 1000)))
+    bar = tqdm(total=config.budget.kimg, initial=progress.kimg, unit="kimg", disable=not (main and progress_bar), dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
+    status, error = "completed", None
+    tick_sums: dict[str, torch.Tensor] = {}
+    tick_steps, tick_start_nimg, tick_start_time = 0, progress.nimg, time.perf_counter()
+    last_checkpoint_nimg = progress.nimg if resume else -1
+    try:
+        while progress.nimg < total_nimg:
+            seed_step(config.seed, rank, progress.step)
+            stats = generator.train_step(sampler.batch(progress.nimg), progress)
+            for key, value in stats.items():
+                value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+                tick_sums[key] = tick_sums.get(key, 0) + value.to(accelerator.device)
+            tick_steps += 1
+            before = progress.nimg
+            progress.nimg += config.batch_size
+            progress.step += 1
+            done = progress.nimg >= total_nimg
+            if done or progress.nimg // tick_nimg > before // tick_nimg:
+                elapsed = time.perf_counter() - tick_start_time
+                shown = progress.nimg - tick_start_nimg
+                line = reduce_tick_stats(accelerator, tick_sums, tick_steps)
+                line = {"kimg": round(progress.kimg, 3), "step": progress.step, "img_per_s": shown / max(elapsed, 1e-9),
+                        "sec_per_kimg": elapsed / max(shown / 1000, 1e-9), **line, **memory_stats(accelerator)}
+                check_finite_stats(line, run)
+                logger.log(line)
+                if main:
+                    bar.update(progress.kimg - bar.n)
+                    bar.set_postfix_str(f"{line['img_per_s']:.0f} img/s", refresh=False)
+                    registry.hook.raresynth_tick(run=run, stats=line)
+                tick_sums, tick_steps, tick_start_nimg, tick_start_time = {}, 0, progress.nimg, time.perf_counter()
+            if done or progress.nimg // snapshot_nimg > before // snapshot_nimg:
+                snapshot(accelerator, generator, run, registry)
+                last_checkpoint_nimg = progress.nimg
+        if last_checkpoint_nimg != progress.nimg:  # budget already reached (resumed a finished run)
+            snapshot(accelerator, generator, run, registry)
+        if config.metrics and main:
+            run_metrics(config, dataset, generator, registry, run_dir)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as exc:
+        status, error = "failed", " ".join(str(exc).split())
+        raise
+    finally:
+        bar.close()
+        logger.close()
+        if main:
+            try:
+                registry.hook.raresynth_run_end(run=run, status=status, error=error)
+            except Exception as hook_exc:  # noqa: BLE001 - never hide the run's own error
+                print(f"raresynth: a plugin's raresynth_run_end hook failed: {hook_exc}")
+        accelerator.end_training()
+    return run
+
+
+def reduce_tick_stats(accelerator: Accelerator, sums: Mapping[str, torch.Tensor], steps: int) -> dict[str, float]:
+    """Average each statistic over the tick's steps and over all processes."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    stacked = torch.stack([sums[key].reshape(()) for key in keys]) / max(steps, 1)
+    if accelerator.num_processes > 1:
+        stacked = accelerator.reduce(stacked, reduction="mean")
+    return {key: float(value) for key, value in zip(keys, stacked.cpu().tolist())}
+
+
+def memory_stats(accelerator: Accelerator) -> dict[str, float]:
+    if accelerator.device.type == "cuda":
+        return {"peak_mem_gib": torch.cuda.max_memory_allocated(accelerator.device) / 1024**3}
+    return {}
+
+
+def check_finite_stats(line: Mapping[str, float], run: RunInfo) -> None:
+    bad = [key for key, value in line.items() if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise TrainingError(non_finite_message(run, f"{bad[0]} is {line[bad[0]]}"))
+
+
+def non_finite_message(run: RunInfo, what: str) -> str:
+    last = ckpt.list_checkpoints(run.run_dir / "checkpoints")
+    kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
+    return (
+        f"training stopped at {run.progress.kimg:.3f} kimg (step {run.progress.step}): {what}; {kept}. "
+        "Try a lower learning rate, precision: no, or a stronger regularizer, then resume or restart"
+    )
+
+
+def snapshot(accelerator: Accelerator, generator: Generator, run: RunInfo, registry: Registry) -> None:
+    """Check the weights, write a checkpoint and a sample grid (main process), keep the last K."""
+    for role, module in generator.modules().items():
+        for name, param in module.named_parameters():
+            if not torch.isfinite(param).all():
+                raise TrainingError(non_finite_message(run, f"weight {role}.{name} is not finite"))
+    if accelerator.is_main_process:
+        checkpoint_dir = run.run_dir / "checkpoints"
+        path = ckpt.checkpoint_path(checkpoint_dir, run.progress.nimg)
+        ckpt.save_state(training_state(generator, run.progress), path)
+        ckpt.prune_checkpoints(checkpoint_dir, run.config.schedule.keep_checkpoints)
+        run.checkpoints = ckpt.list_checkpoints(checkpoint_dir)
+        registry.hook.raresynth_checkpoint_written(run=run, path=path)
+        seeds = list(range(GRID_SEEDS_OFFSET, GRID_SEEDS_OFFSET + run.config.schedule.grid_size))
+        images = generator.sample(seeds, grid_labels(run.spec, len(seeds)))
+        save_grid(images, run.run_dir / "samples" / f"grid-{run.progress.nimg:09d}.png")
+    accelerator.wait_for_everyone()
+
+
+def grid_labels(spec: DataSpec, n: int) -> torch.Tensor | None:
+    """Class labels cycling through the classes (None for unconditional data)."""
+    if not spec.num_classes:
+        return None
+    return torch.arange(n) % spec.num_classes
+
+
+def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, registry: Registry, run_dir: Path) -> dict[str, Any]:
+    """Sample a synthetic set and compute the configured metrics into ``metrics.json``."""
+    n = config.schedule.metric_samples or len(dataset.train)
+    labels = None
+    if dataset.train.labels is not None:  # same class balance as the training set
+        labels = dataset.train.labels[torch.arange(n) % len(dataset.train)]
+    images = []
+    for start in range(0, n, 64):
+        seeds = list(range(1_000_000 + start, 1_000_000 + min(n, start + 64)))
+        batch_labels = labels[start : start + len(seeds)] if labels is not None else None
+        images.append(generator.sample(seeds, batch_labels).float().cpu())
+    synthetic = ImageSet(images=torch.cat(images), labels=labels, name="synthetic")
+    results: dict[str, Any] = {}
+    for ref in config.metrics:
+        cls = registry.metric(ref.name)
+        metric = cls(cls.Params.model_validate(ref.params), dataset.spec)
+        for value in metric.compute(dataset.train, dataset.held_out, synthetic):
+            results[value.name] = {"value": value.value, "higher_is_better": value.higher_is_better, "metric": ref.name}
+    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+class RunLogger:
+    """``log.jsonl`` always; TensorBoard scalars too when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.jsonl = None
+        self.tensorboard = None
+        if not enabled:
+            return
+        self.jsonl = open(run_dir / "log.jsonl", "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional: pip install 'raresynth[tensorboard]'
+            self.tensorboard = None
+
+    def log(self, line: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({**line, "time": time.time()}) + "\n")
+        self.jsonl.flush()
+        if self.tensorboard is not None:
+            step = int(line["kimg"] * 1000)
+            for key, value in line.items():
+                if key not in ("kimg", "step") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, global_step=step)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# ---------------------------------------------------------------------------
+# Sampling from a finished (or running) run
+# ---------------------------------------------------------------------------
+
+
+def load_run_generator(run_dir: Path, checkpoint: Path | None = None, registry: Registry | None = None) -> tuple[Generator, RunConfig, Path, dict[str, Any]]:
+    """Rebuild a run's backend from its directory and load a checkpoint (the latest by default)."""
+    registry = registry or get_registry()
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise RunDirError(f"{run_dir}: not a raresynth run directory (no config.yaml)")
+    config = load_config(config_path, registry=registry)
+    spec = read_data_spec(run_dir)
+    if checkpoint is None:
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise RunDirError(f"{run_dir}: no checkpoint yet; train longer or check the run's log.jsonl")
+        checkpoint = found[-1]
+    generator = build_generator(config, spec, registry)
+    generator.setup(Accelerator(cpu=not torch.cuda.is_available()))
+    state = ckpt.load_state(checkpoint)
+    generator.load_state_dict(state["generator"])
+    return generator, config, Path(checkpoint), state["progress"]
+
+
+def sample_to_folder(
+    run_dir: Path,
+    out: Path,
+    n: int,
+    seed: int = 0,
+    label: str | None = None,
+    options: Sequence[str] = (),
+    checkpoint: Path | None = None,
+    overwrite: bool = False,
+    registry: Registry | None = None,
+    batch_size: int = 64,
+) -> Path:
+    """Write ``n`` PNGs for seeds ``seed .. seed+n-1`` and a ``manifest.json``; return the manifest path."""
+    from .config import apply_overrides, validate_plugin_params
+    from .images import to_uint8
+
+    generator, config, checkpoint, progress = load_run_generator(run_dir, checkpoint, registry)
+    option_values = apply_overrides({}, options)
+    sample_params = validate_plugin_params(generator.SampleParams, option_values, "sample option")
+    spec = generator.spec
+    labels = None
+    if label is not None:
+        if not spec.num_classes:
+            raise RunDirError(f"{run_dir}: --label given, but the run was trained without labels")
+        if label not in spec.class_names and not (label.isdigit() and int(label) < spec.num_classes):
+            raise RunDirError(f"--label '{label}': not a class of this run; classes: {', '.join(spec.class_names)}")
+        index = spec.class_names.index(label) if label in spec.class_names else int(label)
+        labels = torch.full((n,), index, dtype=torch.int64)
+    elif spec.num_classes:
+        labels = torch.arange(n) % spec.num_classes
+    out = Path(out)
+    names = [f"seed{seed + i:06d}.png" for i in range(n)]
+    clashes = [name for name in names + ["manifest.json"] if (out / name).exists()]
+    if clashes and not overwrite:
+        raise RunDirError(f"{out}: {clashes[0]} already exists; choose another --out or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    entries = []
+    for start in range(0, n, batch_size):
+        seeds = list(range(seed + start, seed + min(n, start + batch_size)))
+        batch_labels = labels[start : start + len(seeds)] if labels is not None else None
+        images = to_uint8(generator.sample(seeds, batch_labels, sample_params))
+        for offset, array in enumerate(images):
+            i = start + offset
+            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(out / names[i])
+            entry: dict[str, Any] = {"file": names[i], "seed": seed + i}
+            if labels is not None:
+                entry["label"] = int(labels[i])
+                entry["class_name"] = spec.class_names[int(labels[i])]
+            entries.append(entry)
+    manifest = {
+        "run_dir": str(Path(run_dir).resolve()),
+        "checkpoint": checkpoint.name,
+        "kimg": progress["nimg"] / 1000,
+        "generator": config.generator.name,
+        "options": sample_params.model_dump(mode="json"),
+        "images": entries,
+    }
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def dry_run_text(config: RunConfig) -> str:
+    return yaml.safe_dump(config.plain(), sort_keys=False)
+

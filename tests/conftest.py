@@ -1,0 +1,55 @@
+"""Shared fixtures: a registry with the installed plugins plus the test-only toy plugin."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+import toy_plugin  # noqa: E402
+
+from raresynth.registry import load_plugins, set_registry  # noqa: E402
+
+
+@pytest.fixture
+def registry():
+    """Installed plugins + the toy plugin, also installed as the process-wide registry."""
+    reg = load_plugins(only=None, extra=[("toy", toy_plugin)])
+    set_registry(reg)
+    yield reg
+    set_registry(None)
+
+
+@pytest.fixture
+def toy_config(tmp_path):
+    """A tiny run on 16 embedded crops at 16x16 pixels, driven by the toy generator."""
+
+    def make(**changes):
+        config = {
+            "run_dir": str(tmp_path / "run"),
+            "seed": 3,
+            "data": {
+                "format": "embedded",
+                "resolution": 16,
+                "channels": 1,
+                "format_options": {"train_per_class": 8, "held_out_per_class": 4, "crop_size": 32},
+            },
+            "generator": {"name": "toy"},
+            "budget": {"kimg": 0.128},
+            "batch_size": 8,
+            "schedule": {"tick_kimg": 0.032, "snapshot_kimg": 0.064, "keep_checkpoints": 2, "grid_size": 4},
+        }
+        for dotted, value in changes.items():
+            node = config
+            *parents, last = dotted.split("__")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return config
+
+    return make
