@@ -67,7 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value words may come after options too (`sample RUN --n 4 truncation=0.7`);
+    # argparse leaves those over, so they are collected here.
+    args, extra = parser.parse_known_args(argv)
+    target = {"train": "overrides", "sample": "options"}.get(args.command)
+    stray = [word for word in extra if target is None or "=" not in word or word.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if target:
+        getattr(args, target).extend(extra)
     try:
         if args.plugins is not None:
             set_registry(load_plugins(only=parse_plugin_list(args.plugins)))

@@ -259,12 +259,17 @@ def format_validation_error(exc: pydantic.ValidationError, prefix: str = "", mod
     return lines
 
 
-def validate_plugin_params(cls: type, options: Mapping[str, Any], field: str) -> Any:
-    """Validate ``options`` against ``cls.Params``; errors name ``field``."""
+def validate_params(model: type[pydantic.BaseModel], options: Mapping[str, Any], field: str) -> Any:
+    """Validate ``options`` against a params ``model``; errors name ``field``."""
     try:
-        return cls.Params.model_validate(dict(options))
+        return model.model_validate(dict(options))
     except pydantic.ValidationError as exc:
-        raise ConfigError("\n".join(format_validation_error(exc, prefix=field + ".", model=cls.Params))) from None
+        raise ConfigError("\n".join(format_validation_error(exc, prefix=field + ".", model=model))) from None
+
+
+def validate_plugin_params(cls: type, options: Mapping[str, Any], field: str) -> Any:
+    """Validate ``options`` against the plugin class's ``Params``; errors name ``field``."""
+    return validate_params(cls.Params, options, field)
 
 
 def load_config(
@@ -285,7 +290,8 @@ def load_config(
     try:
         config = RunConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise ConfigError("\n".join(f"{origin}: {line}" for line in format_validation_error(exc))) from None
+        lines = format_validation_error(exc) + (unknown_plugin_names(data, registry) if registry is not None else [])
+        raise ConfigError("\n".join(f"{origin}: {line}" for line in sorted(lines))) from None
     if base is not None and config.data.source and not Path(config.data.source).expanduser().is_absolute():
         config.data.source = str(base / config.data.source)
     if registry is not None:
@@ -294,6 +300,23 @@ def load_config(
         except (ConfigError, PluginError) as exc:
             raise type(exc)("\n".join(f"{origin}: {line}" for line in str(exc).splitlines())) from None
     return config
+
+
+def unknown_plugin_names(data: Mapping[str, Any], registry: Registry) -> list[str]:
+    """Plugin-name errors in raw config data, reported along with schema errors."""
+    refs = [("generator", "generator", data.get("generator"))]
+    for kind, key in (("regularizer", "regularizers"), ("metric", "metrics")):
+        items = data.get(key)
+        refs += [(kind, f"{key}.{i}", ref) for i, ref in enumerate(items)] if isinstance(items, list) else []
+    errors = []
+    for kind, field, ref in refs:
+        name = ref.get("name") if isinstance(ref, Mapping) else ref
+        if isinstance(name, str):
+            try:
+                registry.get(kind, name)
+            except PluginError as exc:
+                errors.append(f"{field}.name: {exc}")
+    return errors
 
 
 def resolve_plugins(config: RunConfig, registry: Registry) -> RunConfig:

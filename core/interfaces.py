@@ -228,9 +228,11 @@ class Regularizer(ABC):
     Params: ClassVar[type[PluginParams]] = PluginParams
     role: ClassVar[str] = "discriminator"
 
-    def __init__(self, params: PluginParams, spec: DataSpec):
+    def __init__(self, params: PluginParams, spec: DataSpec, name: str = ""):
         self.params = params
         self.spec = spec
+        #: The name it was registered (and configured) under; backends log ``penalty_<name>``.
+        self.name = name or type(self).__name__
 
     @property
     def interval(self) -> int:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
@@ -48,8 +51,6 @@ from .interfaces import Batch, DataSpec, Generator, ImageSet, Progress, Regulari
 from .registry import Registry, get_registry
 
 RUN_FILES = ("config.yaml", "data.json", "log.jsonl", "metrics.json", "checkpoints", "samples", "tensorboard")
-# Fields a resumed run may change; anything else must match the run's saved config.
-RESUMABLE_CHANGES = ("budget", "schedule", "metrics", "run_dir")
 GRID_SEEDS_OFFSET = 0  # sample grids always use seeds 0..grid_size-1, comparable across snapshots
 
 
@@ -63,6 +64,7 @@ class RunInfo:
     progress: Progress
     num_processes: int = 1
     checkpoints: list[Path] = field(default_factory=list)
+    generator: Generator | None = None  # the trained backend (for sampling right after training)
 
 
 # ---------------------------------------------------------------------------
@@ -93,14 +95,45 @@ def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
         shutil.rmtree(target) if target.is_dir() else target.unlink()
 
 
-def check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> None:
-    old_plain, new_plain = saved.plain(), new.plain()
-    changed = [key for key in old_plain if key not in RESUMABLE_CHANGES and old_plain[key] != new_plain.get(key)]
+def check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> list[str]:
+    """Refuse what would make the checkpoint meaningless; return the other changes.
+
+    The data, the seed, the backend and the list of regularizers must stay; options
+    (a lower learning rate after a divergence, a longer budget) may change.
+    """
+    fixed = {
+        "data": (saved.data, new.data),
+        "seed": (saved.seed, new.seed),
+        "generator.name": (saved.generator.name, new.generator.name),
+        "regularizers": ([r.name for r in saved.regularizers], [r.name for r in new.regularizers]),
+    }
+    changed = [name for name, (old, now) in fixed.items() if old != now]
     if changed:
-        raise RunDirError(
-            f"{run_dir}: cannot resume with a changed {', '.join(changed)} (only {', '.join(RESUMABLE_CHANGES[:3])} may change); "
-            "start a new run_dir instead"
-        )
+        raise RunDirError(f"{run_dir}: cannot resume with a changed {', '.join(changed)}; start a new run_dir instead")
+    return [f"{key}: {old} -> {now}" for key, old, now in _differences(saved.plain(), new.plain()) if key != "run_dir"]
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return found
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _differences(a, b, f"{prefix}.{i}")]
+    return [] if old == new else [(prefix, old, new)]
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator with this run's precision, also when an earlier run in this
+    process used another one (a notebook, a benchmark, the tests)."""
+    # Accelerate keeps its mixed-precision choice in a process-wide singleton and
+    # refuses a different one; clearing it keeps the distributed set-up (PartialState).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    # Several processes without a GPU (torchrun, accelerate launch --cpu): Accelerate
+    # starts gloo ranks only when told to use the CPU.
+    cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +196,7 @@ def build_generator(config: RunConfig, spec: DataSpec, registry: Registry) -> Ge
     regularizers: list[Regularizer] = []
     for ref in config.regularizers:
         reg_cls = registry.regularizer(ref.name)
-        regularizers.append(reg_cls(reg_cls.Params.model_validate(ref.params), spec))
+        regularizers.append(reg_cls(reg_cls.Params.model_validate(ref.params), spec, name=ref.name))
     gen_cls = registry.generator(config.generator.name)
     return gen_cls(gen_cls.Params.model_validate(config.generator.params), spec, regularizers)
 
@@ -222,7 +255,7 @@ def train(
     """Train ``config``'s backend until ``config.budget.kimg`` thousand images are shown."""
     registry = registry or get_registry()
     config = resolve_plugins(config, registry)
-    accelerator = Accelerator(mixed_precision=config.precision)
+    accelerator = make_accelerator(mixed_precision=config.precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     if config.batch_size % world:
         raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {world} processes; use a multiple of {world}")
@@ -231,7 +264,9 @@ def train(
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
     accelerator.wait_for_everyone()
     if resume:
-        check_resumable(load_config(run_dir / "config.yaml", registry=registry), config, run_dir)
+        changes = check_resumable(load_config(run_dir / "config.yaml", registry=registry), config, run_dir)
+        if changes and accelerator.is_main_process:
+            print(f"raresynth: resuming {run_dir} with changed options: " + "; ".join(changes), file=sys.stderr)
 
     dataset = load_dataset(config.data, registry)
     if resume:
@@ -242,7 +277,7 @@ def train(
     generator.setup(accelerator)
 
     progress = Progress(total_kimg=config.budget.kimg)
-    run = RunInfo(run_dir=run_dir, config=config, spec=spec, progress=progress, num_processes=world)
+    run = RunInfo(run_dir=run_dir, config=config, spec=spec, progress=progress, num_processes=world, generator=generator)
     if resume:
         latest = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
         restore_training_state(generator, ckpt.load_state(latest), progress)
@@ -454,7 +489,7 @@ def load_run_generator(run_dir: Path, checkpoint: Path | None = None, registry: 
             raise RunDirError(f"{run_dir}: no checkpoint yet; train longer or check the run's log.jsonl")
         checkpoint = found[-1]
     generator = build_generator(config, spec, registry)
-    generator.setup(Accelerator(cpu=not torch.cuda.is_available()))
+    generator.setup(make_accelerator(mixed_precision="no"))
     state = ckpt.load_state(checkpoint)
     generator.load_state_dict(state["generator"])
     return generator, config, Path(checkpoint), state["progress"]
@@ -473,12 +508,12 @@ def sample_to_folder(
     batch_size: int = 64,
 ) -> Path:
     """Write ``n`` PNGs for seeds ``seed .. seed+n-1`` and a ``manifest.json``; return the manifest path."""
-    from .config import apply_overrides, validate_plugin_params
+    from .config import apply_overrides, validate_params
     from .images import to_uint8
 
     generator, config, checkpoint, progress = load_run_generator(run_dir, checkpoint, registry)
     option_values = apply_overrides({}, options)
-    sample_params = validate_plugin_params(generator.SampleParams, option_values, "sample option")
+    sample_params = validate_params(generator.SampleParams, option_values, "sample option")
     spec = generator.spec
     labels = None
     if label is not None:

@@ -49,16 +49,19 @@ class ToyGenerator(Generator):
         loss = (fake.mean(0) - batch.images.mean(0)).square().mean() + (fake.std(0) - batch.images.std(0)).square().mean()
         if progress.step == self.params.nan_at_step:
             loss = loss * float("nan")
+        stats = {}
         for reg in self.regularizers:
             if reg.role == "generator" and reg.due(progress.step):
-                loss = loss + reg.penalty(PenaltyInputs(step=progress.step, model=net, fake=fake))
+                penalty = reg.penalty(PenaltyInputs(step=progress.step, model=net, fake=fake))
+                stats[f"penalty_{reg.name}"] = penalty.detach()
+                loss = loss + penalty
         self.opt.zero_grad()
         self.accelerator.backward(loss)
         if self.accelerator.num_processes > 1:  # the toy net is not DDP-wrapped: average grads by hand
             for param in net.parameters():
                 param.grad = self.accelerator.reduce(param.grad, reduction="mean")
         self.opt.step()
-        return {"loss": loss.detach()}
+        return {"loss": loss.detach(), **stats}
 
     @torch.no_grad()
     def sample(self, seeds, labels=None, options=None) -> torch.Tensor:
@@ -89,8 +92,8 @@ class ShrinkRegularizer(Regularizer):
     Params = ShrinkParams
     role = "generator"
 
-    def __init__(self, params, spec):
-        super().__init__(params, spec)
+    def __init__(self, params, spec, name=""):
+        super().__init__(params, spec, name)
         self.calls = 0
 
     @property

@@ -67,7 +67,7 @@ class DCGAN(Generator):
             if reg.role == role and reg.due(step):
                 value = reg.penalty(PenaltyInputs(step=step, **inputs))
                 total = total + value
-                stats[f"penalty_{type(reg).__name__}"] = value.detach()
+                stats[f"penalty_{reg.name}"] = value.detach()
         return total, stats
 
     def train_step(self, batch: Batch, progress: Progress) -> dict[str, torch.Tensor]:
@@ -116,8 +116,6 @@ class DCGAN(Generator):
         beta = 0.5 ** (batch_size / (self.params.ema_kimg * 1000))
         for ema, live in zip(self.G_ema.parameters(), G.parameters()):
             ema.lerp_(live.detach(), 1 - beta)
-        for ema, live in zip(self.G_ema.buffers(), G.buffers()):
-            ema.copy_(live)
 
     @torch.no_grad()
     def sample(self, seeds: Sequence[int], labels: torch.Tensor | None = None, options: PluginParams | None = None) -> torch.Tensor:

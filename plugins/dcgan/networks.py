@@ -2,6 +2,11 @@
 with Deep Convolutional Generative Adversarial Networks", ICLR 2016), with
 class conditioning by embedding concatenation in G and projection in D (Miyato &
 Koyama, "cGANs with Projection Discriminator", ICLR 2018).
+
+One change to the paper: G normalizes features with pixelwise feature normalization
+(Karras et al., "Progressive Growing of GANs", ICLR 2018, sec. 4.2) instead of batch
+normalization. It has no running statistics, so G behaves the same in training and
+sampling and stays identical on every process of a multi-process run.
 """
 
 from __future__ import annotations
@@ -17,6 +22,13 @@ def channels_at(resolution: int, base: int, maximum: int, top: int) -> int:
     return min(maximum, base * (top // resolution))
 
 
+class PixelNorm(nn.Module):
+    """b = a / sqrt(mean_over_channels(a^2) + eps)  (Karras et al. 2018, eq. 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + 1e-8)
+
+
 class Generator(nn.Module):
     """z (+ class embedding) -> 4x4 -> transposed convolutions -> image in [-1, 1]."""
 
@@ -26,12 +38,12 @@ class Generator(nn.Module):
         self.embed = nn.Embedding(num_classes, z_dim) if num_classes else None
         in_dim = z_dim * (2 if num_classes else 1)
         c4 = channels_at(4, base, maximum, resolution)
-        self.stem = nn.Sequential(nn.Linear(in_dim, c4 * 16), nn.Unflatten(1, (c4, 4, 4)), nn.BatchNorm2d(c4), nn.ReLU())
+        self.stem = nn.Sequential(nn.Linear(in_dim, c4 * 16), nn.Unflatten(1, (c4, 4, 4)), nn.ReLU(), PixelNorm())
         blocks = []
         res = 4
         while res < resolution:
             c_in, c_out = channels_at(res, base, maximum, resolution), channels_at(res * 2, base, maximum, resolution)
-            blocks += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            blocks += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(), PixelNorm()]
             res *= 2
         self.blocks = nn.Sequential(*blocks)
         self.to_image = nn.Sequential(nn.Conv2d(channels_at(resolution, base, maximum, resolution), channels, 3, padding=1), nn.Tanh())

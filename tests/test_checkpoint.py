@@ -1,0 +1,56 @@
+"""Checkpoints: safetensors round trip of nested state, atomic writes, pruning, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raresynth.checkpoint import checkpoint_path, flatten, list_checkpoints, load_state, prune_checkpoints, save_state
+from raresynth.errors import RunDirError
+
+
+def test_optimizer_state_round_trips_exactly(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    shared = torch.arange(6.0)
+    state = {"opt": opt.state_dict(), "view": shared[:3], "tied": shared, "none": None, "flag": True, "pair": (1, 2.5), "inf": float("inf")}
+    path = tmp_path / "c.safetensors"
+    save_state(state, path)
+    back = load_state(path)
+    assert back["none"] is None and back["flag"] is True and back["pair"] == (1, 2.5) and back["inf"] == float("inf")
+    assert torch.equal(back["view"], shared[:3]) and torch.equal(back["tied"], shared)  # shared storage is fine
+    assert back["opt"]["param_groups"] == state["opt"]["param_groups"]
+    assert set(back["opt"]["state"]) == set(state["opt"]["state"])  # integer keys stay integers
+    for key, value in state["opt"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(back["opt"]["state"][key][name], tensor)
+    fresh = torch.optim.Adam(model.parameters(), lr=1.0)
+    fresh.load_state_dict(back["opt"])
+    assert fresh.param_groups[0]["betas"] == (0.0, 0.99)
+
+
+def test_no_pickle_only_plain_types():
+    with pytest.raises(TypeError, match="has type object"):
+        flatten({"bad": object()})
+
+
+def test_pruning_keeps_the_last_and_only_touches_checkpoints(tmp_path):
+    for nimg in (1000, 2000, 3000, 4000):
+        save_state({"x": torch.tensor(nimg)}, checkpoint_path(tmp_path, nimg))
+    (tmp_path / "notes.txt").write_text("keep me")
+    prune_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-000003000.safetensors", "checkpoint-000004000.safetensors"]
+    assert (tmp_path / "notes.txt").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    path = checkpoint_path(tmp_path, 5)
+    save_state({"x": torch.ones(100)}, path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(RunDirError, match="not a readable raresynth checkpoint"):
+        load_state(path)
+    with pytest.raises(RunDirError, match="checkpoint not found"):
+        load_state(tmp_path / "nope.safetensors")
