@@ -39,7 +39,7 @@ def example_installed(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: raresynth-example-plugin\nVersion: 0.1.0\n")
     entry_points = re.search(r"\[project.entry-points.raresynth\]\n(.+?)\n", (EXAMPLE / "pyproject.toml").read_text()).group(1)
-    (dist / "entry_points.txt").write_text(f"[raresynth]\n{entry_points}\n")
+    (dist / "entry_points.txt").write_text("[raresynth]\n" + entry_points.replace('"', "") + "\n")
     monkeypatch.syspath_prepend(str(EXAMPLE))
     monkeypatch.syspath_prepend(str(tmp_path))
 

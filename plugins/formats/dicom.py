@@ -1,0 +1,243 @@
+"""DICOM: one ``.dcm`` file, or a folder of DICOM files (a series, a study, an export).
+
+Pixel values go through the modality LUT (RescaleSlope / RescaleIntercept, so CT
+is in Hounsfield units), MONOCHROME1 images are inverted so that bright always
+means high signal, and the header's display window is passed on for
+``intensity.mode: window`` / ``auto``. A multi-frame file gives one image per frame.
+
+Patient data stays in the files: records hold paths, frame numbers and a hash of
+the study and series UIDs (so that the split keeps a series on one side) and no
+header value is ever copied, logged or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.uid
+from pydicom.dataset import Dataset as DicomDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
+
+from ._files import iter_files, one_line, relative_id, require_nonempty, source_root
+
+try:  # pydicom >= 3
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
+except ImportError:  # pragma: no cover - pydicom 2.x
+    from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut
+
+    get_decoder = None
+
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Files that belong to a DICOM folder but hold no image of their own.
+INDEX_FILE_NAMES = frozenset({"DICOMDIR"})
+
+
+def has_dicom_preamble(path: Path) -> bool:
+    """True when the file carries the 'DICM' marker at byte 128 (DICOM Part 10)."""
+    try:
+        with path.open("rb") as file:
+            file.seek(128)
+            return file.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A ``.dcm`` / ``.dicom`` file, or any file with the 'DICM' marker."""
+    return path.suffix.lower() in DICOM_SUFFIXES or has_dicom_preamble(path)
+
+
+class Dicom(DataFormat):
+    """DICOM files (uncompressed, or compressed when a decoder is installed)."""
+
+    class Params(PluginParams):
+        pass
+
+    description = "DICOM: a .dcm file or a folder of DICOM files (files without extension too); one image per frame"
+
+    def __init__(self, params: PluginParams):
+        super().__init__(params)
+        self._cached_path: Path | None = None  # the last file decoded, so frames decode once
+        self._cached_frames: np.ndarray | None = None
+        self._cached_window: tuple[float, float] | None = None
+
+    @classmethod
+    def can_read(cls, source: Path) -> bool:
+        if source.is_file():
+            return looks_like_dicom(source)
+        if source.is_dir():
+            files = [path for path in iter_files(source) if path.name not in INDEX_FILE_NAMES]
+            # Suffixes first: cheap, and they settle most folders without opening a file.
+            return any(p.suffix.lower() in DICOM_SUFFIXES for p in files) or any(has_dicom_preamble(p) for p in files)
+        return False
+
+    def scan(self, source: Path | None) -> list[Record]:
+        """One record per frame of every file; every non-hidden file in a folder is a candidate.
+
+        A file that cannot be parsed is still listed once, so that :meth:`read`
+        reports why (and ``on_bad_file: skip`` can skip it).
+        """
+        if source is None or not source.exists():
+            raise DataError(f"{source}: not found")
+        root = source_root(source)
+        files = [source] if source.is_file() else [p for p in iter_files(source) if p.name not in INDEX_FILE_NAMES]
+        records: list[Record] = []
+        for path in files:
+            record_id = relative_id(path, root)
+            header = _read_header(path)
+            if header is None:
+                records.append(Record(id=record_id, source=path))
+                continue
+            group = _series_group(header) or record_id
+            frames = _frame_count(header)
+            if frames == 1:
+                records.append(Record(id=record_id, source=path, group=group))
+            else:
+                records += [
+                    Record(id=f"{record_id}#frame={i}", source=path, index=i, group=group, meta={"frame": i}) for i in range(frames)
+                ]
+        return records
+
+    def read(self, record: Record) -> RawImage:
+        if record.source != self._cached_path:
+            self._cached_frames, self._cached_window = _decode(record.source)
+            self._cached_path = record.source
+        frames = self._cached_frames
+        if record.index is None:
+            pixels = frames[0]
+        elif record.index < len(frames):
+            pixels = frames[record.index]
+        else:
+            raise DataError(f"{record.source}: has {len(frames)} frame(s), no frame {record.index}")
+        return RawImage(pixels=pixels, window=self._cached_window)
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def _dcmread(path: Path, header_only: bool) -> DicomDataset:
+    """Read a DICOM file, also a ``.dcm`` without the Part 10 preamble; DataError otherwise."""
+    require_nonempty(path)
+    with_preamble = has_dicom_preamble(path)
+    if not with_preamble and path.suffix.lower() not in DICOM_SUFFIXES:
+        raise DataError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128); remove it from the DICOM folder")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about odd elements; the checks below decide
+            dataset = pydicom.dcmread(path, stop_before_pixels=header_only, force=not with_preamble)
+    except InvalidDicomError:
+        raise DataError(f"{path}: not a DICOM file") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on damaged headers
+        raise DataError(f"{path}: truncated or corrupt DICOM header: {one_line(exc)}") from None
+    if not with_preamble and not _has_dicom_elements(dataset):
+        raise DataError(f"{path}: not a DICOM file (its content is not DICOM)")
+    return dataset
+
+
+def _has_dicom_elements(dataset: DicomDataset) -> bool:
+    """Whether a force-read file holds real DICOM elements (identifying group 0008, or pixels)."""
+    return any(tag.group == 0x0008 for tag in dataset.keys()) or any(k in dataset for k in PIXEL_DATA_KEYWORDS)
+
+
+def _read_header(path: Path) -> DicomDataset | None:
+    try:
+        return _dcmread(path, header_only=True)
+    except (DataError, OSError):
+        return None
+
+
+def _frame_count(header: DicomDataset) -> int:
+    try:
+        return max(1, int(header.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _series_group(header: DicomDataset) -> str:
+    """A hash of the study and series UIDs: keeps a series together without storing the UIDs."""
+    study, series = str(header.get("StudyInstanceUID", "")), str(header.get("SeriesInstanceUID", ""))
+    if not study and not series:
+        return ""
+    return hashlib.sha256(f"{study}/{series}".encode()).hexdigest()[:16]
+
+
+def _decode(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """All frames of a file as ``(F, H, W)`` or ``(F, H, W, 3)``, and the header's window."""
+    dataset = _dcmread(path, header_only=False)
+    if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
+        raise DataError(f"{path}: has no image (Modality {dataset.get('Modality', 'unknown')}); remove it from the DICOM folder")
+    _require_decoder(dataset, path)
+    try:
+        pixels = dataset.pixel_array
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError... on damaged pixel data
+        raise DataError(f"{path}: truncated or corrupt pixel data: {one_line(exc)}") from None
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    window = _header_window(dataset)
+    if photometric == "PALETTE COLOR":
+        pixels = apply_color_lut(pixels, dataset)
+    elif photometric.startswith("MONOCHROME"):
+        pixels = apply_modality_lut(pixels, dataset)
+        if photometric == "MONOCHROME1":  # low values are white: invert so that bright means high
+            pixels, window = _invert(pixels, window)
+    if _frame_count(dataset) == 1:
+        pixels = pixels[None]
+    return np.asarray(pixels), window
+
+
+def _require_decoder(dataset: DicomDataset, path: Path) -> None:
+    """A compressed file whose decoder is missing: say which packages to install."""
+    transfer_syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
+    if transfer_syntax is None or not transfer_syntax.is_compressed or get_decoder is None:
+        return
+    try:
+        available = get_decoder(transfer_syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise DataError(
+            f"{path}: compressed DICOM ({transfer_syntax.name}) and no decoder installed; "
+            f"pip install {_decoder_packages(transfer_syntax)}, or convert to uncompressed"
+        )
+
+
+def _decoder_packages(transfer_syntax: pydicom.uid.UID) -> str:
+    if transfer_syntax in pydicom.uid.JPEGLSTransferSyntaxes or transfer_syntax in pydicom.uid.JPEGTransferSyntaxes:
+        return "pylibjpeg pylibjpeg-libjpeg"
+    if transfer_syntax in pydicom.uid.JPEG2000TransferSyntaxes:
+        return "pylibjpeg pylibjpeg-openjpeg"
+    if transfer_syntax in pydicom.uid.RLETransferSyntaxes:
+        return "pylibjpeg pylibjpeg-rle"
+    return "python-gdcm"
+
+
+def _header_window(dataset: DicomDataset) -> tuple[float, float] | None:
+    """(WindowCenter, WindowWidth), the first pair when the header lists several."""
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    try:
+        center = float(center[0] if isinstance(center, MultiValue) else center)
+        width = float(width[0] if isinstance(width, MultiValue) else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (center, width) if width > 0 else None
+
+
+def _invert(pixels: np.ndarray, window: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Mirror values within their own range (x -> min + max - x), and the window with them."""
+    low, high = pixels.min(), pixels.max()
+    total = np.asarray(low, dtype=np.float64) + high
+    inverted = (total - pixels).astype(pixels.dtype)
+    if window is not None:
+        window = (float(total) - window[0], window[1])
+    return inverted, window
