@@ -30,7 +30,7 @@ class PixelNorm(nn.Module):
 
 
 class Generator(nn.Module):
-    """z (+ class embedding) -> 4x4 -> transposed convolutions -> image in [-1, 1]."""
+    """z (+ class embedding) -> 4x4 -> (upsample, conv) per octave -> image in [-1, 1]."""
 
     def __init__(self, z_dim: int, resolution: int, channels: int, base: int, maximum: int, num_classes: int):
         super().__init__()
@@ -43,7 +43,9 @@ class Generator(nn.Module):
         res = 4
         while res < resolution:
             c_in, c_out = channels_at(res, base, maximum, resolution), channels_at(res * 2, base, maximum, resolution)
-            blocks += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(), PixelNorm()]
+            # nearest upsampling + 3x3 convolution: no checkerboard artifacts of strided
+            # transposed convolutions (Odena et al., "Deconvolution and Checkerboard Artifacts", Distill 2016)
+            blocks += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1), nn.LeakyReLU(0.2), PixelNorm()]
             res *= 2
         self.blocks = nn.Sequential(*blocks)
         self.to_image = nn.Sequential(nn.Conv2d(channels_at(resolution, base, maximum, resolution), channels, 3, padding=1), nn.Tanh())
@@ -54,8 +56,27 @@ class Generator(nn.Module):
         return self.to_image(self.blocks(self.stem(z)))
 
 
+class MinibatchStdDev(nn.Module):
+    """Append the average standard deviation over groups of samples as one extra
+    feature map, so D can see a lack of variety (Karras et al. 2018, sec. 3)."""
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        while n % g:
+            g -= 1
+        std = x.reshape(g, n // g, c, h, w).float().var(dim=0, unbiased=False).add(1e-8).sqrt()
+        feature = std.mean(dim=(1, 2, 3)).to(x.dtype).reshape(n // g, 1, 1, 1).repeat(g, 1, h, w)
+        return torch.cat([x, feature], dim=1)
+
+
 class Discriminator(nn.Module):
-    """Strided convolutions with LeakyReLU(0.2) down to 4x4, then a linear logit.
+    """Strided convolutions with LeakyReLU(0.2) down to 4x4, minibatch standard
+    deviation, then a linear logit.
 
     No batch normalization: real and fake images go through D in one batch, and the
     regularizers see per-sample gradients.
@@ -69,8 +90,9 @@ class Discriminator(nn.Module):
             c_in, c_out = channels_at(res, base, maximum, resolution), channels_at(res // 2, base, maximum, resolution)
             layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
             res //= 2
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        feature_dim = channels_at(4, base, maximum, resolution) * 16
+        c4 = channels_at(4, base, maximum, resolution)
+        self.features = nn.Sequential(*layers, MinibatchStdDev(), nn.Conv2d(c4 + 1, c4, 3, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
+        feature_dim = c4 * 16
         self.logit = nn.Linear(feature_dim, 1)
         self.embed = nn.Embedding(num_classes, feature_dim) if num_classes else None
         if self.embed is not None:

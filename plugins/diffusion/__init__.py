@@ -1,0 +1,1 @@
+"""Built-in plugin 'diffusion' (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Built-in plugin 'fidelity' (work in progress: registers nothing yet)."""

@@ -1,0 +1,1 @@
+"""Built-in plugin 'memorization' (work in progress: registers nothing yet)."""

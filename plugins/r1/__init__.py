@@ -1,0 +1,1 @@
+"""Built-in plugin 'r1' (work in progress: registers nothing yet)."""

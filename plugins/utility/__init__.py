@@ -1,0 +1,1 @@
+"""Built-in plugin 'utility' (work in progress: registers nothing yet)."""

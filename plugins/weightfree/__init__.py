@@ -1,0 +1,1 @@
+"""Built-in plugin 'weightfree' (work in progress: registers nothing yet)."""
