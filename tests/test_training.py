@@ -137,3 +137,14 @@ def test_non_finite_loss_stops_with_last_good_checkpoint_intact(toy_config, regi
 def test_bf16_mixed_precision_runs_on_cpu(toy_config, registry):
     run = run_toy(toy_config, registry, "precision=bf16", "budget.kimg=0.032")
     assert run.progress.nimg == 32
+
+
+def test_tensorboard_scalars_are_written_when_installed(toy_config, registry, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_toy(toy_config, registry, "budget.kimg=0.064")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert "loss" in events.Tags()["scalars"] and "img_per_s" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("loss")] == [32, 64]
