@@ -15,7 +15,6 @@ import numpy as np
 import pydicom
 import pytest
 import skimage.data
-from nibabel.testing import data_path as NIBABEL_DATA
 from PIL import Image
 
 from raresynth import DataError, RawImage, Record
@@ -23,9 +22,8 @@ from raresynth.config import DataConfig, IntensityConfig
 from raresynth.data import apply_labels, load_dataset, preprocess
 from raresynth.registry import load_plugins
 
-PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom, no download
-ANATOMICAL = Path(NIBABEL_DATA) / "anatomical.nii"
-EXAMPLE_4D = Path(NIBABEL_DATA) / "example4d.nii.gz"
+from medical_files import ANATOMICAL, EXAMPLE_4D, PYDICOM_FILES
+
 
 
 @pytest.fixture(scope="module")

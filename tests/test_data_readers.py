@@ -17,7 +17,6 @@ import pydicom
 import pytest
 import skimage.data
 import tifffile
-from nibabel.testing import data_path as NIBABEL_DATA
 from PIL import Image
 
 from raresynth import RawImage, Record
@@ -25,9 +24,8 @@ from raresynth.config import DataConfig, IntensityConfig
 from raresynth.data import inspect_source, load_dataset, preprocess, resolve_format
 from raresynth.registry import load_plugins
 
-PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom, no download
-ANATOMICAL = Path(NIBABEL_DATA) / "anatomical.nii"
-EXAMPLE_4D = Path(NIBABEL_DATA) / "example4d.nii.gz"
+from medical_files import ANATOMICAL, EXAMPLE_4D, PYDICOM_FILES
+
 
 
 @pytest.fixture(scope="module")
