@@ -263,12 +263,15 @@ class Metric(ABC):
     """
 
     Params: ClassVar[type[PluginParams]] = PluginParams
-    #: What the metric needs beyond images, e.g. {"labels"}.
+    #: What the metric needs beyond images, e.g. {"labels"}; checked before training starts.
     requires: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: PluginParams, spec: DataSpec):
         self.params = params
         self.spec = spec
+        #: A folder for the metric's artifacts (PNG grids, lists). The training loop sets
+        #: it to ``<run_dir>/metrics`` before :meth:`compute`; ``None`` means write nothing.
+        self.output_dir: Path | None = None
 
     @abstractmethod
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:

@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .config import RunConfig, load_config, resolve_plugins, save_config
 from .data import Dataset, check_split, load_dataset
-from .errors import RunDirError, TrainingError
+from .errors import ConfigError, RunDirError, TrainingError
 from .images import save_grid
-from .interfaces import Batch, DataSpec, Generator, ImageSet, Progress, Regularizer
+from .imagesets import sample_image_set
+from .interfaces import Batch, DataSpec, Generator, ImageSet, Metric, Progress, Regularizer
 from .registry import Registry, get_registry
 
 RUN_FILES = ("config.yaml", "data.json", "log.jsonl", "metrics.json", "checkpoints", "samples", "tensorboard")
@@ -272,6 +273,7 @@ def train(
     if resume:
         check_split(dataset, json.loads((run_dir / "data.json").read_text())["split"])
     spec = dataset.spec
+    metrics = build_metrics(config, spec, registry, run_dir)  # before training: a missing weights file fails now
     generator = build_generator(config, spec, registry)
     torch.manual_seed(config.seed)  # the same initial weights on every process
     generator.setup(accelerator)
@@ -334,8 +336,8 @@ def train(
                 last_checkpoint_nimg = progress.nimg
         if last_checkpoint_nimg != progress.nimg:  # budget already reached (resumed a finished run)
             snapshot(accelerator, generator, run, registry)
-        if config.metrics and main:
-            run_metrics(config, dataset, generator, registry, run_dir)
+        if metrics and main:
+            run_metrics(config, dataset, generator, metrics, run_dir)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -412,24 +414,30 @@ def grid_labels(spec: DataSpec, n: int) -> torch.Tensor | None:
     return torch.arange(n) % spec.num_classes
 
 
-def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, registry: Registry, run_dir: Path) -> dict[str, Any]:
-    """Sample a synthetic set and compute the configured metrics into ``metrics.json``."""
+def build_metrics(config: RunConfig, spec: DataSpec, registry: Registry, run_dir: Path) -> list[tuple[str, Metric]]:
+    """The configured metrics, built (and so checked) before any training happens."""
+    metrics = []
+    for i, ref in enumerate(config.metrics):
+        cls = registry.metric(ref.name)
+        if "labels" in cls.requires and not spec.num_classes:
+            raise ConfigError(f"metrics.{i}.name: metric '{ref.name}' needs class labels and the data has none; set data.labels or drop it")
+        metric = cls(cls.Params.model_validate(ref.params), spec)
+        metric.output_dir = run_dir / "metrics"
+        metrics.append((ref.name, metric))
+    return metrics
+
+
+def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, metrics: Sequence[tuple[str, Metric]], run_dir: Path) -> dict[str, Any]:
+    """Sample a synthetic set like the training set and compute the metrics into ``metrics.json``."""
     n = config.schedule.metric_samples or len(dataset.train)
     labels = None
-    if dataset.train.labels is not None:  # same class balance as the training set
+    if dataset.train.labels is not None:  # the training set's class balance
         labels = dataset.train.labels[torch.arange(n) % len(dataset.train)]
-    images = []
-    for start in range(0, n, 64):
-        seeds = list(range(1_000_000 + start, 1_000_000 + min(n, start + 64)))
-        batch_labels = labels[start : start + len(seeds)] if labels is not None else None
-        images.append(generator.sample(seeds, batch_labels).float().cpu())
-    synthetic = ImageSet(images=torch.cat(images), labels=labels, name="synthetic")
+    synthetic = sample_image_set(generator, n, labels)
     results: dict[str, Any] = {}
-    for ref in config.metrics:
-        cls = registry.metric(ref.name)
-        metric = cls(cls.Params.model_validate(ref.params), dataset.spec)
+    for name, metric in metrics:
         for value in metric.compute(dataset.train, dataset.held_out, synthetic):
-            results[value.name] = {"value": value.value, "higher_is_better": value.higher_is_better, "metric": ref.name}
+            results[value.name] = {"value": value.value, "higher_is_better": value.higher_is_better, "metric": name}
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
 

@@ -148,3 +148,19 @@ def test_tensorboard_scalars_are_written_when_installed(toy_config, registry, tm
     events.Reload()
     assert "loss" in events.Tags()["scalars"] and "img_per_s" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("loss")] == [32, 64]
+
+
+def test_metrics_run_at_the_end_and_write_artifacts_into_the_run(toy_config, registry, tmp_path):
+    run_toy(toy_config, registry, "budget.kimg=0.032", "metrics=[{name: memorization, embedding: pixels}]")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["copy_rate_pixel"]["value"] <= 1 and metrics["copy_rate_pixel"]["higher_is_better"] is False
+    assert metrics["copy_rate_pixel"]["metric"] == "memorization"
+    assert (tmp_path / "run" / "metrics" / "memorization_pixel_pairs.png").is_file()
+
+
+def test_a_metric_that_needs_labels_fails_before_training(toy_config, registry, tmp_path):
+    from raresynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="metrics.0.name: metric 'utility' needs class labels and the data has none"):
+        run_toy(toy_config, registry, "data.labels=none", "metrics=[utility]")
+    assert not list_checkpoints(tmp_path / "run" / "checkpoints")

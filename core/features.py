@@ -1,0 +1,842 @@
+"""Image features for metrics: one preprocessing, three kinds of embedding, one cache.
+
+Metric plugins compare image sets in some feature space. This module gives all of
+them the same building blocks, so that every metric sees an image the same way:
+
+* :class:`Preprocessing` - what happens to an image before an embedding sees it:
+  quantize to 8 bits (exactly what a PNG written by ``raresynth sample`` holds, so an
+  in-memory set and the same set read back from PNG files give the same features),
+  then channels (1-channel images are repeated to RGB where an embedding needs RGB;
+  RGB to gray uses BT.601 luma), then resize (bilinear, antialiased when shrinking,
+  the rule the data pipeline uses).
+* Embeddings, chosen by name with :func:`make_embedding`:
+
+  ``pixels``
+      the preprocessed pixels themselves, flattened.
+  ``domain``
+      a small CNN trained on the real *training* split only (contrastive, plus a
+      label loss when the training set has labels); needs no download. Its
+      values are dataset-specific: metric plugins label them with ``_domain`` and
+      they must not be compared across datasets. The trained weights are cached per
+      training set (safetensors).
+  any torch-fidelity feature extractor (``inception-v3-compat``, ``vgg16``, or one
+      registered with ``torch_fidelity.register_feature_extractor``)
+      with its weights read from a local file (:func:`resolve_weights`): raresynth
+      never downloads weights. A missing file is an error that says which file, its
+      checksum, where to get it and where to put it.
+
+* :class:`FeatureCache` - features keyed by (sha256 of the image tensor, embedding id,
+  preprocessing id), in memory and on disk as safetensors (no pickles). A benchmark
+  computes real-set features once; a changed dataset has another hash and never
+  reuses stale features.
+
+Environment: ``RARESYNTH_CACHE_DIR`` (default ``~/.cache/raresynth``; empty: memory
+only) holds ``features/`` and ``embeddings/``; ``RARESYNTH_WEIGHTS_DIR`` is where
+pretrained weight files are looked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .errors import ConfigError
+from .interfaces import ImageSet, PluginParams
+
+CACHE_ENV = "RARESYNTH_CACHE_DIR"
+WEIGHTS_ENV = "RARESYNTH_WEIGHTS_DIR"
+DEFAULT_CACHE_DIR = Path("~/.cache/raresynth")
+
+#: Names of the embeddings this module provides itself (all others are torch-fidelity's).
+PIXELS, DOMAIN = "pixels", "domain"
+
+# ITU-R BT.601 luma weights, as the data pipeline uses for RGB -> gray.
+BT601_LUMA = (0.299, 0.587, 0.114)
+
+
+# ---------------------------------------------------------------------------
+# Where things are cached, and on which device embeddings run
+# ---------------------------------------------------------------------------
+
+
+def cache_root() -> Path | None:
+    """``$RARESYNTH_CACHE_DIR`` (default ``~/.cache/raresynth``); ``None`` when set to empty."""
+    value = os.environ.get(CACHE_ENV)
+    if value is None:
+        return DEFAULT_CACHE_DIR.expanduser()
+    return Path(value).expanduser() if value.strip() else None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"``: the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------
+# Hashing and preprocessing
+# ---------------------------------------------------------------------------
+
+
+def content_hash(images: torch.Tensor, labels: torch.Tensor | None = None) -> str:
+    """sha256 of the images' float32 values and shape (and the labels, when given)."""
+    digest = hashlib.sha256()
+    array = images.detach().to("cpu", torch.float32).contiguous()
+    digest.update(repr(tuple(array.shape)).encode())
+    digest.update(array.numpy().tobytes())
+    if labels is not None:
+        digest.update(b"labels")
+        digest.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``[-1, 1]`` float -> uint8 ``(N, C, H, W)``, rounded as ``raresynth.images.to_uint8`` does."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bilinear resize of ``(N, C, H, W)`` floats, antialiased when shrinking (the data pipeline's rule)."""
+    if images.shape[-1] == resolution and images.shape[-2] == resolution:
+        return images
+    shrinking = images.shape[-1] > resolution
+    return F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=shrinking, align_corners=False)
+
+
+def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """1 -> 3: repeat the gray channel; 3 -> 1: BT.601 luma."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.repeat(1, 3, 1, 1)
+    if have == 3 and channels == 1:
+        weights = torch.tensor(BT601_LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images * weights).sum(1, keepdim=True)
+    raise ConfigError(f"images have {have} channels; raresynth's metrics take gray (1) or RGB (3) images")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What happens to images before an embedding: quantize to 8 bits, channels, resize."""
+
+    channels: int | None = None  # None: keep the images' own channels
+    resolution: int | None = None  # None: keep the images' own size
+
+    @property
+    def id(self) -> str:
+        return f"u8-c{self.channels or 'same'}-r{self.resolution or 'same'}"
+
+    def uint8(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(N, C', H', W')``: the 8-bit image, channels and size converted."""
+        if self.channels is None and self.resolution is None:
+            return to_uint8(images)
+        return to_uint8(self.apply(images))
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """float ``[-1, 1]`` ``(N, C', H', W')``: the 8-bit image, channels and size converted."""
+        out = to_uint8(images).float() / 127.5 - 1.0
+        if self.channels is not None:
+            out = convert_channels(out, self.channels)
+        if self.resolution is not None:
+            out = resize(out, self.resolution).clamp(-1, 1)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# The feature cache
+# ---------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Features by (image content hash, embedding id, preprocessing id).
+
+    Kept in memory (the ``memory_items`` most recent) and, when ``directory`` is set,
+    as one safetensors file per entry, named by the sha256 of the key.
+    """
+
+    def __init__(self, directory: Path | None, memory_items: int = 64):
+        self.directory = directory
+        self.memory_items = memory_items
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(images: torch.Tensor, embedding: Embedding) -> str:
+        return f"{content_hash(images)}|{embedding.id}|{embedding.preprocessing.id}"
+
+    def _path(self, key: str) -> Path | None:
+        if self.directory is None:
+            return None
+        return self.directory / f"{hashlib.sha256(key.encode()).hexdigest()[:40]}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            return self._memory[key]
+        path = self._path(key)
+        if path is not None and path.is_file():
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    if (handle.metadata() or {}).get("key") == key:
+                        features = handle.get_tensor("features")
+                        self._remember(key, features)
+                        return features
+            except Exception:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
+                return None
+        return None
+
+    def put(self, key: str, features: torch.Tensor) -> None:
+        features = features.detach().to("cpu", torch.float32).contiguous()
+        self._remember(key, features)
+        path = self._path(key)
+        if path is not None:
+            from safetensors.torch import save_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            save_file({"features": features}, str(partial), metadata={"key": key})
+            os.replace(partial, path)
+
+    def _remember(self, key: str, features: torch.Tensor) -> None:
+        self._memory[key] = features
+        self._memory.move_to_end(key)
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+
+    def features(self, images: torch.Tensor, embedding: Embedding) -> torch.Tensor:
+        """``(N, D)`` float32 features of ``images`` (float ``[-1, 1]``), computed once."""
+        key = self.key(images, embedding)
+        cached = self.get(key)
+        if cached is not None:
+            self.hits += 1
+            return cached
+        self.misses += 1
+        features = embedding.embed(images).detach().to("cpu", torch.float32)
+        if features.ndim != 2 or features.shape[0] != images.shape[0]:
+            raise ValueError(f"embedding {embedding.id} returned features of shape {tuple(features.shape)} for {images.shape[0]} images")
+        self.put(key, features)
+        return features
+
+
+_CACHES: dict[Path | None, FeatureCache] = {}
+
+
+def default_cache() -> FeatureCache:
+    """The process-wide cache for the current ``$RARESYNTH_CACHE_DIR``."""
+    root = cache_root()
+    directory = root / "features" if root is not None else None
+    if directory not in _CACHES:
+        _CACHES[directory] = FeatureCache(directory)
+    return _CACHES[directory]
+
+
+def features(images: torch.Tensor | ImageSet, embedding: Embedding, cache: FeatureCache | None = None) -> torch.Tensor:
+    """Features of an image set (or an image tensor) in ``embedding``, through the cache."""
+    tensor = images.images if isinstance(images, ImageSet) else images
+    return (cache or default_cache()).features(tensor, embedding)
+
+
+# ---------------------------------------------------------------------------
+# Embeddings
+# ---------------------------------------------------------------------------
+
+
+class Embedding(ABC):
+    """A map from images to feature vectors.
+
+    ``id`` names the embedding and its weights exactly (it is part of the cache key);
+    ``tag`` is the short label metric plugins append to value names (``fid_domain``);
+    ``dataset_specific`` is true when values are not comparable across datasets.
+    """
+
+    id: str = ""
+    tag: str = ""
+    dataset_specific: bool = False
+    preprocessing: Preprocessing = Preprocessing()
+
+    @abstractmethod
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` floats in ``[-1, 1]`` -> ``(N, D)`` features."""
+
+
+class PixelEmbedding(Embedding):
+    """The 8-bit pixels, optionally resized, flattened to one vector per image."""
+
+    tag = PIXELS
+
+    def __init__(self, resolution: int | None = None):
+        self.preprocessing = Preprocessing(resolution=resolution)
+        self.id = f"pixels-v1-r{resolution or 'same'}"
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        return self.preprocessing.apply(images).flatten(1)
+
+
+# -- torch-fidelity extractors with local weights -------------------------
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """A pretrained weights file a torch-fidelity extractor would otherwise download."""
+
+    filename: str
+    url: str
+    sha256_prefix: str  # torch.hub's convention: the file name ends in the first hex digits of its sha256
+    what: str
+
+
+#: The files behind torch-fidelity's two standard extractors (URLs as in torch-fidelity 0.4
+#: ``feature_extractor_inceptionv3.URL_INCEPTION_V3`` and torchvision's ``VGG16_Weights.IMAGENET1K_V1``).
+KNOWN_WEIGHTS: dict[str, KnownWeights] = {
+    "inception-v3-compat": KnownWeights(
+        filename="weights-inception-2015-12-05-6726825d.pth",
+        url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
+        sha256_prefix="6726825d",
+        what="InceptionV3 (TensorFlow FID port, torch-fidelity 'inception-v3-compat')",
+    ),
+    "vgg16": KnownWeights(
+        filename="vgg16-397923af.pth",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        sha256_prefix="397923af",
+        what="VGG16 ImageNet (torchvision IMAGENET1K_V1, torch-fidelity 'vgg16')",
+    ),
+}
+
+#: Short tags used in metric value names.
+TAGS = {"inception-v3-compat": "inception", "vgg16": "vgg16", PIXELS: PIXELS, DOMAIN: DOMAIN}
+
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) for this process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _VERIFIED[key] = digest.hexdigest()
+    return _VERIFIED[key]
+
+
+def weights_candidates(extractor: str, weights_path: str | None) -> list[Path]:
+    """Where the weights of ``extractor`` are looked for, in order."""
+    known = KNOWN_WEIGHTS.get(extractor)
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        if path.is_dir() and known is not None:
+            return [path / known.filename]
+        return [path]
+    if known is None:
+        return []
+    candidates = []
+    if os.environ.get(WEIGHTS_ENV):
+        candidates.append(Path(os.environ[WEIGHTS_ENV]).expanduser() / known.filename)
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / known.filename)  # where torch-fidelity downloads to
+    return candidates
+
+
+def missing_weights_message(extractor: str, candidates: list[Path], field: str = "weights_path") -> str:
+    """One line: which file is missing, its checksum, where to get it and where to put it."""
+    known = KNOWN_WEIGHTS.get(extractor)
+    looked = ", ".join(str(p) for p in candidates) or "nowhere"
+    if known is None:
+        return (f"{field}: feature extractor '{extractor}' needs a local weights file and raresynth never downloads weights; "
+                f"set {field} to the file (see torch-fidelity's documentation of '{extractor}' for which file). Looked in: {looked}")
+    weights_dir = os.environ.get(WEIGHTS_ENV)
+    where = f"${WEIGHTS_ENV} (now {weights_dir})" if weights_dir else f"the folder ${WEIGHTS_ENV} names (unset now)"
+    return (f"{field}: weights file {known.filename} for feature extractor '{extractor}' not found "
+            f"({known.what}; sha256 begins with {known.sha256_prefix}). raresynth never downloads weights: download it once "
+            f"on a machine with internet access from {known.url} and put it into {where}, or set {field} to its path. "
+            f"Looked in: {looked}")
+
+
+def resolve_weights(extractor: str, weights_path: str | None, verify: bool = True, field: str = "weights_path") -> Path | None:
+    """The local weights file for a torch-fidelity extractor, checked against its checksum.
+
+    Returns ``None`` for an extractor that is not one of torch-fidelity's own and got
+    no ``weights_path`` (a custom extractor that builds its own weights). Raises
+    :class:`ConfigError` when a file is needed and missing, or does not match.
+    """
+    candidates = weights_candidates(extractor, weights_path)
+    if not candidates:
+        if _is_torch_fidelity_builtin(extractor):
+            raise ConfigError(missing_weights_message(extractor, candidates, field))
+        return None
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise ConfigError(missing_weights_message(extractor, candidates, field))
+    known = KNOWN_WEIGHTS.get(extractor)
+    if verify and known is not None:
+        digest = file_sha256(found)
+        if not digest.startswith(known.sha256_prefix):
+            raise ConfigError(f"{field}: {found} is not the expected {known.filename}: its sha256 is {digest}, expected one "
+                              f"beginning with {known.sha256_prefix}; download it again from {known.url} (or set verify_weights: false "
+                              "for weights you converted yourself)")
+    return found
+
+
+def _torch_fidelity_registry() -> dict:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    return FEATURE_EXTRACTORS_REGISTRY
+
+
+def _is_torch_fidelity_builtin(extractor: str) -> bool:
+    cls = _torch_fidelity_registry().get(extractor)
+    return cls is not None and cls.__module__.startswith("torch_fidelity.")
+
+
+def torch_fidelity_extractors() -> list[str]:
+    """Names of the feature extractors torch-fidelity knows (its own and registered ones)."""
+    return sorted(_torch_fidelity_registry())
+
+
+class TorchFidelityEmbedding(Embedding):
+    """A torch-fidelity feature extractor (uint8 RGB in, one layer's features out).
+
+    The extractor resizes internally (to 299 px for Inception, 224 px for VGG16) with
+    its TensorFlow-compatible interpolation; gray images are repeated to RGB first.
+    """
+
+    preprocessing = Preprocessing(channels=3)
+
+    def __init__(self, name: str, layer: str | None = None, metric: str = "fid", weights_path: str | None = None,
+                 verify_weights: bool = True, device: str = "auto", batch_size: int = 64, seed: int = 0):
+        registry = _torch_fidelity_registry()
+        if name not in registry:
+            choices = [PIXELS, DOMAIN, *sorted(registry)]
+            raise ConfigError(f"embedding: unknown '{name}'; choose one of {', '.join(choices)} "
+                              "(or register an extractor with torch_fidelity.register_feature_extractor)")
+        cls = registry[name]
+        self.layer = layer or cls.get_default_feature_layer_for_metric(metric)
+        if self.layer not in cls.get_provided_features_list():
+            raise ConfigError(f"feature_layer: '{self.layer}' is not a layer of '{name}'; it provides {', '.join(cls.get_provided_features_list())}")
+        self.path = resolve_weights(name, weights_path, verify_weights)
+        self.name, self.tag = name, TAGS.get(name, re.sub(r"\W", "_", name))
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.seed = seed
+        weights_id = f"sha256:{file_sha256(self.path)[:16]}" if self.path is not None else f"init-seed{seed}"
+        self.id = f"torch-fidelity:{name}:{cls.__module__}.{cls.__qualname__}:{self.layer}:{weights_id}"
+        self._extractor: torch.nn.Module | None = None  # built on first use: all-cached features never load it
+
+    @property
+    def extractor(self) -> torch.nn.Module:
+        if self._extractor is None:
+            from torch_fidelity.utils import create_feature_extractor
+
+            kwargs: dict = {"verbose": False}
+            if self.path is not None:
+                kwargs["feature_extractor_weights_path"] = str(self.path)
+            with torch.random.fork_rng(devices=[]):  # an extractor without a weights file starts the same for a seed
+                torch.manual_seed(self.seed)
+                extractor = create_feature_extractor(self.name, [self.layer], cuda=False, **kwargs)
+            self._extractor = extractor.to(self.device).eval()
+        return self._extractor
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        extractor, out = self.extractor, []
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = self.preprocessing.uint8(images[start : start + self.batch_size]).to(self.device)
+            result = extractor.convert_features_tuple_to_dict(extractor(batch))[self.layer]
+            out.append(result.reshape(result.shape[0], -1).float().cpu())
+        return torch.cat(out)
+
+
+# -- the domain embedding: trained on the training split only -------------
+
+
+class DomainEmbeddingParams(PluginParams):
+    """Options of the ``domain`` embedding (a metric's ``domain_embedding`` field)."""
+
+    mode: Literal["auto", "contrastive", "supervised"] = Field(
+        "auto", description="auto: contrastive, plus a label loss when the training set has labels")
+    resolution: int = Field(32, ge=8, description="images are resized to this before the encoder")
+    width: int = Field(16, ge=4, description="channels of the first conv block (doubled in each of 3 blocks)")
+    dim: int = Field(128, ge=2, description="embedding dimension")
+    epochs: int = Field(30, ge=1, description="passes over the training split")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (SimCLR)")
+    seed: int = 0
+
+
+ENCODER_VERSION = "domain-encoder-v1"
+
+
+class DomainEncoder(torch.nn.Module):
+    """Three conv blocks, global average pool, a linear map to ``dim``; L2-normalized output."""
+
+    def __init__(self, in_channels: int, width: int, dim: int, num_classes: int):
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        channels = in_channels
+        for i in range(3):
+            out = width * 2**i
+            layers += [torch.nn.Conv2d(channels, out, 3, padding=1), torch.nn.GroupNorm(min(8, out), out), torch.nn.SiLU(),
+                       torch.nn.Conv2d(out, out, 3, padding=1), torch.nn.GroupNorm(min(8, out), out), torch.nn.SiLU()]
+            if i < 2:
+                layers.append(torch.nn.AvgPool2d(2))
+            channels = out
+        self.trunk = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, dim))
+        self.projection = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(dim, dim))  # SimCLR head, training only
+        self.classifier = torch.nn.Linear(dim, max(num_classes, 1))  # label head, training only
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.trunk(images), dim=1)
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop-and-resize (60-100% of the side), flips, brightness and contrast (SimCLR-style)."""
+    n = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (high - low) + low
+
+    scale = uniform(0.6, 1.0)
+    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale * flip_x, scale * flip_y
+    theta[:, 0, 2], theta[:, 1, 2] = uniform(-1, 1) * (1 - scale), uniform(-1, 1) * (1 - scale)
+    contrast, brightness = uniform(0.7, 1.3), uniform(-0.2, 0.2)
+    theta, contrast, brightness = (t.to(images.device) for t in (theta, contrast, brightness))
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
+    return out.clamp(-1, 1)
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's loss (Chen et al. 2020, eq. 1): each view must pick out its partner among 2B-1 others."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def train_domain_encoder(train: ImageSet, params: DomainEmbeddingParams, device: torch.device) -> DomainEncoder:
+    """Train the encoder on ``train`` only; deterministic for ``params.seed`` on one device."""
+    preprocessing = Preprocessing(resolution=params.resolution)
+    images = preprocessing.apply(train.images).to(device)
+    labels = _used_labels(train, params)
+    if params.mode == "supervised" and labels is None:
+        raise ConfigError("domain_embedding.mode: 'supervised' needs a labelled training set; use 'contrastive' or 'auto'")
+    n = images.shape[0]
+    if n < 2:
+        raise ConfigError(f"domain_embedding: the training set has {n} image(s); the domain embedding needs at least 2")
+    num_classes = int(labels.max()) + 1 if labels is not None else 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        encoder = DomainEncoder(images.shape[1], params.width, params.dim, num_classes).to(device)
+    generator = torch.Generator().manual_seed(params.seed)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=params.lr)
+    batch = min(params.batch_size, n)
+    encoder.train()
+    for _ in range(params.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch + 1, batch):  # full batches only: the contrastive loss wants many negatives
+            index = order[start : start + batch].to(device)
+            x = images[index]
+            h1 = encoder.trunk(augment(x, generator))
+            loss = torch.zeros((), device=device)
+            if params.mode in ("auto", "contrastive"):
+                h2 = encoder.trunk(augment(x, generator))
+                loss = loss + nt_xent(encoder.projection(h1), encoder.projection(h2), params.temperature)
+            if labels is not None:  # the label loss shares the first view
+                loss = loss + F.cross_entropy(encoder.classifier(h1), labels.to(device)[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return encoder.eval()
+
+
+def _used_labels(train: ImageSet, params: DomainEmbeddingParams) -> torch.Tensor | None:
+    if params.mode == "contrastive" or train.labels is None or len(torch.unique(train.labels)) < 2:
+        return None
+    return train.labels
+
+
+class DomainEmbedding(Embedding):
+    """The ``domain`` embedding: an encoder trained on one training set, cached per set."""
+
+    tag = DOMAIN
+    dataset_specific = True
+
+    def __init__(self, encoder: DomainEncoder, key: str, params: DomainEmbeddingParams, device: torch.device, batch_size: int = 256):
+        self.encoder = encoder
+        self.key = key
+        self.id = f"{ENCODER_VERSION}:{key}"
+        self.preprocessing = Preprocessing(resolution=params.resolution)
+        self.device = device
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, images.shape[0], self.batch_size):
+            batch = self.preprocessing.apply(images[start : start + self.batch_size]).to(self.device)
+            out.append(self.encoder(batch).float().cpu())
+        return torch.cat(out)
+
+
+_ENCODERS: dict[str, DomainEncoder] = {}
+
+
+def domain_embedding_key(train: ImageSet, params: DomainEmbeddingParams) -> str:
+    """Names the encoder: the training set's content (and labels, when used) and the options."""
+    data = content_hash(train.images, _used_labels(train, params))
+    spec = json.dumps({"version": ENCODER_VERSION, "data": data, "params": params.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(spec.encode()).hexdigest()[:32]
+
+
+def domain_embedding(train: ImageSet, params: DomainEmbeddingParams | None = None, device: str = "auto") -> DomainEmbedding:
+    """The domain embedding of ``train``: loaded from the cache, or trained and cached."""
+    from safetensors.torch import load_file, save_file
+
+    params = params or DomainEmbeddingParams()
+    where = resolve_device(device)
+    key = domain_embedding_key(train, params)
+    encoder = _ENCODERS.get(key)
+    root = cache_root()
+    path = root / "embeddings" / f"{key}.safetensors" if root is not None else None
+    if encoder is None and path is not None and path.is_file():
+        labels = _used_labels(train, params)
+        num_classes = int(labels.max()) + 1 if labels is not None else 0
+        candidate = DomainEncoder(train.images.shape[1], params.width, params.dim, num_classes)
+        try:
+            candidate.load_state_dict(load_file(str(path)))
+            encoder = candidate.eval()
+        except Exception:  # noqa: BLE001 - a damaged cache file is retrained, never trusted
+            encoder = None
+    if encoder is None:
+        encoder = train_domain_encoder(train, params, where)
+    if path is not None and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+        save_file(state, str(partial), metadata={"version": ENCODER_VERSION, "params": params.model_dump_json()})
+        os.replace(partial, path)
+    _ENCODERS[key] = encoder
+    return DomainEmbedding(encoder.to(where).eval(), key, params, where)
+
+
+# -- choosing an embedding by name ----------------------------------------
+
+
+def make_embedding(name: str, train: ImageSet | None = None, *, metric: str = "fid", layer: str | None = None,
+                   weights_path: str | None = None, verify_weights: bool = True, domain: DomainEmbeddingParams | None = None,
+                   device: str = "auto", batch_size: int = 64, seed: int = 0) -> Embedding:
+    """The embedding ``name`` names: ``pixels``, ``domain`` (trained on ``train``) or a torch-fidelity extractor.
+
+    ``metric`` picks a torch-fidelity extractor's default layer (``fid``, ``kid``,
+    ``prc`` or ``isc``) when ``layer`` is not given.
+    """
+    if name == PIXELS:
+        return PixelEmbedding()
+    if name == DOMAIN:
+        if train is None:
+            raise ValueError("the domain embedding is trained on the training split: pass train")
+        return domain_embedding(train, domain, device)
+    return TorchFidelityEmbedding(name, layer, metric, weights_path, verify_weights, device, batch_size, seed)
+
+
+def check_embedding(name: str, weights_path: str | None = None, verify_weights: bool = True) -> None:
+    """Fail early (:class:`ConfigError`) on an unknown embedding name or a missing weights file."""
+    if name in (PIXELS, DOMAIN):
+        return
+    known = torch_fidelity_extractors()
+    if name not in known:
+        raise ConfigError(f"embedding: unknown '{name}'; choose '{DOMAIN}', '{PIXELS}' or a torch-fidelity extractor "
+                          f"({', '.join(known)}), or register one with torch_fidelity.register_feature_extractor")
+    resolve_weights(name, weights_path, verify_weights)
+
+
+class EmbeddingParams(PluginParams):
+    """Options of a metric that compares image sets in an embedding (metric ``Params`` derive from it)."""
+
+    embedding: str = Field(DOMAIN, description="'domain', 'pixels', or a torch-fidelity extractor ('inception-v3-compat', 'vgg16', ...)")
+    feature_layer: str | None = Field(None, description="a torch-fidelity extractor's layer; default: torch-fidelity's for the metric")
+    weights_path: str | None = Field(
+        None, description="the extractor's weights file (or its folder); default: $RARESYNTH_WEIGHTS_DIR/<file name>")
+    verify_weights: bool = Field(True, description="check the weights file's sha256 against the expected one")
+    domain_embedding: DomainEmbeddingParams = DomainEmbeddingParams()
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    batch_size: int = Field(64, ge=1)
+    seed: int = Field(0, description="seeds the metric's random choices (domain_embedding.seed seeds the embedding's training)")
+
+    def build_embedding(self, train: ImageSet, name: str | None = None, metric: str = "fid") -> Embedding:
+        """The embedding these options describe (``name`` overrides ``embedding``)."""
+        return make_embedding(name or self.embedding, train, metric=metric, layer=self.feature_layer, weights_path=self.weights_path,
+                              verify_weights=self.verify_weights, domain=self.domain_embedding, device=self.device,
+                              batch_size=self.batch_size, seed=self.seed)
+
+
+# ---------------------------------------------------------------------------
+# Distances and pixel-space similarity shared by metric plugins
+# ---------------------------------------------------------------------------
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Euclidean distances ``(len(a), len(b))`` in float64."""
+    a, b = a.double().flatten(1), b.double().flatten(1)
+    return torch.cat([torch.cdist(part, b) for part in a.split(chunk)]) if len(a) else torch.empty(0, len(b), dtype=torch.float64)
+
+
+def kth_neighbour_distances(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance from each row of ``x`` to its k-th nearest other row (itself excluded)."""
+    if len(x) <= k:
+        raise ConfigError(f"k-nearest neighbours: {len(x)} samples, need more than k={k}")
+    return pairwise_distances(x, x).kthvalue(k + 1, dim=1).values  # the 1st "neighbour" is the point itself
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, dtype: torch.dtype) -> torch.Tensor:
+    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image luminance*contrast*structure (SSIM) and contrast*structure (CS) means, data range 1."""
+    c1, c2 = 0.01**2, 0.03**2
+    channels = x.shape[1]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, window, groups=channels)
+
+    mu_x, mu_y = blur(x), blur(y)
+    sigma_xx = blur(x * x) - mu_x**2
+    sigma_yy = blur(y * y) - mu_y**2
+    sigma_xy = blur(x * y) - mu_x * mu_y
+    cs = (2 * sigma_xy + c2) / (sigma_xx + sigma_yy + c2)
+    ssim = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
+    return ssim.flatten(1).mean(1), cs.flatten(1).mean(1)
+
+
+def _window_size(side: int, window: int) -> int:
+    size = min(window, side if side % 2 else side - 1)
+    return max(size, 1)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM (Wang et al. 2004) of image pairs ``x[i], y[i]`` in ``[-1, 1]``, averaged over channels: ``(N,)``.
+
+    The Gaussian window shrinks to fit images smaller than ``window``.
+    """
+    x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
+    size = _window_size(min(x.shape[-2:]), window)
+    return _ssim_terms(x, y, _gaussian_window(size, sigma, x.shape[1], x.dtype).to(x.device))[0]
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_scales(side: int, window: int = 11) -> int:
+    """Scales MS-SSIM uses at this image size: as many of the 5 as keep the side >= the window."""
+    scales = 1
+    while scales < len(MS_SSIM_WEIGHTS) and side // 2**scales >= window:
+        scales += 1
+    return scales
+
+
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003, eq. 7) of pairs in ``[-1, 1]``: ``(N,)``.
+
+    Small images use fewer than 5 scales (:func:`ms_ssim_scales`), with the paper's
+    exponents renormalized to sum to 1; negative contrast-structure terms are clipped
+    to 0 so the product stays defined.
+    """
+    x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
+    side = min(x.shape[-2:])
+    size = _window_size(side, window)
+    scales = ms_ssim_scales(side, size)
+    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype)
+    weights = (weights / weights.sum()).to(x.device)
+    win = _gaussian_window(size, sigma, x.shape[1], x.dtype).to(x.device)
+    factors = []
+    for scale in range(scales):
+        s, cs = _ssim_terms(x, y, win)
+        factors.append((s if scale == scales - 1 else cs).clamp(min=0))
+        if scale < scales - 1:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+    stacked = torch.stack(factors, dim=1)
+    return torch.prod(stacked ** weights.view(1, -1), dim=1)
+
+
+def pairs_of(n: int, max_pairs: int, generator: torch.Generator) -> torch.Tensor:
+    """Distinct unordered index pairs ``(P, 2)``: all of them when there are at most ``max_pairs``, else a random sample."""
+    total = n * (n - 1) // 2
+    if total <= max_pairs:
+        i, j = torch.triu_indices(n, n, offset=1)
+        return torch.stack([i, j], dim=1)
+    first = torch.randint(0, n, (max_pairs,), generator=generator)
+    offset = torch.randint(1, n, (max_pairs,), generator=generator)
+    return torch.stack([first, (first + offset) % n], dim=1)
+
+
+def normalized_correlation(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Pearson correlation of every image in ``a`` with every image in ``b`` (pixels, all channels): ``(len(a), len(b))``."""
+
+    def standardize(t: torch.Tensor) -> torch.Tensor:
+        flat = t.double().flatten(1)
+        flat = flat - flat.mean(1, keepdim=True)
+        return flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+    sa, sb = standardize(a), standardize(b)
+    return torch.cat([part @ sb.T for part in sa.split(chunk)])
+
+
+__all__ = [
+    "CACHE_ENV",
+    "DOMAIN",
+    "KNOWN_WEIGHTS",
+    "PIXELS",
+    "WEIGHTS_ENV",
+    "DomainEmbedding",
+    "DomainEmbeddingParams",
+    "Embedding",
+    "EmbeddingParams",
+    "FeatureCache",
+    "PixelEmbedding",
+    "Preprocessing",
+    "TorchFidelityEmbedding",
+    "cache_root",
+    "check_embedding",
+    "content_hash",
+    "default_cache",
+    "domain_embedding",
+    "features",
+    "kth_neighbour_distances",
+    "make_embedding",
+    "ms_ssim",
+    "normalized_correlation",
+    "pairs_of",
+    "pairwise_distances",
+    "resolve_weights",
+    "ssim",
+    "to_uint8",
+]

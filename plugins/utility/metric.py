@@ -1,0 +1,103 @@
+"""Downstream utility: does a classifier trained on synthetic images work on real ones?
+
+A small CNN is trained in three regimes and tested on the real held-out split, which
+no generator and no classifier ever trained on:
+
+* ``trtr``: train on the real training split (the baseline);
+* ``tstr``: train on the synthetic set only ("train on synthetic, test on real",
+  Esteban et al. 2017);
+* ``tmtr``: train on the real training split plus the synthetic set (augmentation).
+
+Every regime is trained once per seed (``seed``, ``seed + 1``, ...), with the same
+seeds in every regime (common random numbers: the regimes differ only in their
+data), for a fixed number of steps whatever the data size. Reported per regime:
+accuracy, balanced accuracy and AUC (one-vs-rest macro average for more than two
+classes), mean over seeds and their standard deviation (``..._std``).
+
+It needs class labels on the training, held-out and synthetic sets (class-conditional
+sampling, or one generator per class with its label). Without them it does not
+apply: it warns and reports nothing.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from raresynth import ImageSet, Metric, MetricValue, PluginParams
+from raresynth.features import Preprocessing, resolve_device
+from raresynth.imagesets import check_compatible
+
+from .classifier import TrainSettings, accuracy, auc, balanced_accuracy, predict, train_classifier
+
+Regime = Literal["trtr", "tstr", "tmtr"]
+SCORES = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "auc": auc}
+
+
+class NotApplicableWarning(UserWarning):
+    """The metric cannot be computed on these sets (it says why) and reports nothing."""
+
+
+class UtilityParams(PluginParams):
+    regimes: list[Regime] = Field(["trtr", "tstr", "tmtr"], min_length=1, description="which training sets to compare")
+    seeds: int = Field(3, ge=1, description="classifiers trained per regime (seeds seed, seed+1, ...)")
+    seed: int = 0
+    steps: int = Field(300, ge=1, description="optimizer steps per classifier")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    width: int = Field(16, ge=2, description="channels of the classifier's first conv block")
+    resolution: int | None = Field(32, ge=8, description="images are resized to this for the classifier; null: as they are")
+    flips: bool = Field(True, description="augment training batches with random flips")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', ...")
+
+
+class Utility(Metric):
+    """``utility_<regime>_<score>`` and ``..._std`` for accuracy, balanced accuracy and AUC."""
+
+    Params = UtilityParams
+    requires = frozenset({"labels"})
+
+    def not_applicable(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> str | None:
+        """Why the metric does not apply to these sets, or ``None`` when it does."""
+        for role, image_set in (("training", train), ("held-out", held_out), ("synthetic", synthetic)):
+            if image_set.labels is None:
+                hint = " (sample a class-conditional generator, or load one folder per class with its label)" if role == "synthetic" else ""
+                return f"utility: does not apply: the {role} set has no class labels{hint}"
+        if len(torch.unique(train.labels)) < 2 or len(torch.unique(held_out.labels)) < 2:
+            return "utility: does not apply: the training and held-out sets need at least 2 classes each"
+        return None
+
+    def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
+        reason = self.not_applicable(train, held_out, synthetic)
+        if reason is not None:
+            warnings.warn(reason, NotApplicableWarning, stacklevel=2)
+            return []
+        check_compatible(train, held_out=held_out, synthetic=synthetic)
+        p = self.params
+        preprocessing = Preprocessing(resolution=p.resolution)
+        real_x, test_x, fake_x = (preprocessing.apply(s.images) for s in (train, held_out, synthetic))
+        num_classes = max(self.spec.num_classes, int(torch.cat([train.labels, held_out.labels, synthetic.labels]).max()) + 1)
+        data = {
+            "trtr": (real_x, train.labels),
+            "tstr": (fake_x, synthetic.labels),
+            "tmtr": (torch.cat([real_x, fake_x]), torch.cat([train.labels, synthetic.labels])),
+        }
+        device = resolve_device(p.device)
+        settings = TrainSettings(p.steps, p.batch_size, p.lr, p.width, p.flips, device)
+        values = []
+        for regime in p.regimes:
+            x, y = data[regime]
+            scores: dict[str, list[float]] = {name: [] for name in SCORES}
+            for seed in range(p.seed, p.seed + p.seeds):
+                model = train_classifier(x, y, num_classes, settings, seed)
+                probs = predict(model, test_x, device)
+                for name, score in SCORES.items():
+                    scores[name].append(score(probs, held_out.labels))
+            for name, runs in scores.items():
+                values.append(MetricValue(f"utility_{regime}_{name}", float(np.mean(runs)), higher_is_better=True))
+                values.append(MetricValue(f"utility_{regime}_{name}_std", float(np.std(runs)), higher_is_better=False))
+        return values

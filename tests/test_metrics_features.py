@@ -1,0 +1,208 @@
+"""Shared metric machinery: preprocessing, the feature cache, the domain embedding, image folders, the end-of-run path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from raresynth import ConfigError, DataError, ImageSet
+from raresynth import features as feats
+from raresynth.config import DataConfig, load_config
+from raresynth.data import load_dataset
+from raresynth.features import (
+    CACHE_ENV,
+    DomainEmbeddingParams,
+    FeatureCache,
+    PixelEmbedding,
+    Preprocessing,
+    content_hash,
+    domain_embedding,
+    kth_neighbour_distances,
+    pairs_of,
+)
+from raresynth.imagesets import check_compatible, concat, load_image_folder, sample_image_set
+from raresynth.registry import load_plugins
+from raresynth.training import load_run_generator, sample_to_folder, train
+
+FAST_DOMAIN = DomainEmbeddingParams(epochs=2, batch_size=16)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(feats, "_ENCODERS", {})  # no encoder from an earlier test
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data():
+    config = DataConfig(format="embedded", resolution=16, channels=1,
+                        format_options={"train_per_class": 16, "held_out_per_class": 4, "crop_size": 32})
+    return load_dataset(config, load_plugins())
+
+
+# -- preprocessing -------------------------------------------------------------
+
+
+def test_gray_is_repeated_to_rgb_and_rgb_becomes_luma():
+    gray = torch.rand(2, 1, 8, 8) * 2 - 1
+    rgb = Preprocessing(channels=3).apply(gray)
+    assert rgb.shape == (2, 3, 8, 8) and torch.equal(rgb[:, 0], rgb[:, 1]) and torch.equal(rgb[:, 1], rgb[:, 2])
+    assert torch.allclose(Preprocessing(channels=1).apply(rgb), Preprocessing().apply(gray), atol=1e-6)
+    assert Preprocessing(channels=3).uint8(gray).dtype == torch.uint8
+
+
+def test_preprocessing_quantizes_to_8_bits_then_resizes_like_the_data_pipeline():
+    images = torch.rand(3, 1, 32, 32) * 2 - 1
+    out = Preprocessing(resolution=16).apply(images)
+    quantized = torch.round((images + 1) * 127.5) / 127.5 - 1
+    expected = torch.nn.functional.interpolate(quantized, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+    assert torch.allclose(out, expected.clamp(-1, 1), atol=1e-6)
+    assert Preprocessing().id != Preprocessing(resolution=16).id != Preprocessing(channels=3).id
+
+
+# -- the cache -----------------------------------------------------------------
+
+
+def test_features_are_cached_by_content_and_stored_as_safetensors(tmp_path, data):
+    cache = FeatureCache(tmp_path / "features")
+    embedding = PixelEmbedding()
+    first = cache.features(data.train.images, embedding)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert torch.equal(cache.features(data.train.images.clone(), embedding), first) and cache.hits == 1  # same content, same key
+    files = list((tmp_path / "features").glob("*.safetensors"))
+    assert len(files) == 1
+    with safe_open(str(files[0]), framework="pt") as handle:  # plain safetensors, with the key it was stored under
+        assert handle.metadata()["key"].startswith(content_hash(data.train.images))
+    fresh = FeatureCache(tmp_path / "features")  # a new process: read from disk
+    assert torch.equal(fresh.features(data.train.images, embedding), first) and fresh.hits == 1
+    changed = data.train.images.clone()
+    changed[0, 0, 0, 0] = -changed[0, 0, 0, 0] + 0.5
+    fresh.features(changed, embedding)  # a changed dataset never reuses stale features
+    assert fresh.misses == 1 and len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+
+
+def test_cache_dir_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, "")
+    assert feats.cache_root() is None and feats.default_cache().directory is None
+
+
+# -- the domain embedding --------------------------------------------------------
+
+
+def test_domain_embedding_is_trained_on_train_only_deterministic_and_cached(tmp_path, data, monkeypatch):
+    first = domain_embedding(data.train, FAST_DOMAIN, device="cpu")
+    assert first.dataset_specific and first.tag == "domain"
+    weights = tmp_path / "cache" / "embeddings" / f"{first.key}.safetensors"
+    assert weights.is_file()
+    f1 = first.embed(data.held_out.images)
+    assert f1.shape == (len(data.held_out), FAST_DOMAIN.dim)
+    assert torch.allclose(f1.norm(dim=1), torch.ones(len(f1)), atol=1e-5)
+
+    monkeypatch.setattr(feats, "_ENCODERS", {})
+    weights.unlink()
+    retrained = domain_embedding(data.train, FAST_DOMAIN, device="cpu")  # same seed: the same encoder
+    assert torch.allclose(retrained.embed(data.held_out.images), f1, atol=1e-5)
+
+    monkeypatch.setattr(feats, "_ENCODERS", {})
+    monkeypatch.setattr(feats, "train_domain_encoder", lambda *args: pytest.fail("should have loaded the cached weights"))
+    loaded = domain_embedding(data.train, FAST_DOMAIN, device="cpu")
+    assert torch.allclose(loaded.embed(data.held_out.images), f1, atol=1e-5)
+
+    other_train = ImageSet(data.train.images[1:], data.train.labels[1:])
+    assert feats.domain_embedding_key(other_train, FAST_DOMAIN) != first.key  # per dataset
+    assert feats.domain_embedding_key(data.train, FAST_DOMAIN.model_copy(update={"seed": 1})) != first.key
+
+
+def test_domain_embedding_modes(data):
+    unlabelled = ImageSet(data.train.images)
+    assert domain_embedding(unlabelled, FAST_DOMAIN, device="cpu").embed(data.held_out.images).shape[0] == len(data.held_out)
+    with pytest.raises(ConfigError, match="'supervised' needs a labelled training set"):
+        domain_embedding(unlabelled, FAST_DOMAIN.model_copy(update={"mode": "supervised"}), device="cpu")
+
+
+def test_metric_options_are_validated_with_the_run_config(toy_config, registry):
+    metrics = [{"name": "prdc", "domain_embedding": {"epoch": 3}}, {"name": "memorization", "percentile": 120}]
+    with pytest.raises(ConfigError) as info:
+        load_config(toy_config(metrics=metrics), registry=registry)
+    message = str(info.value)
+    assert "metrics.0.domain_embedding.epoch: unknown field" in message
+    assert "metrics.1.percentile" in message
+
+
+# -- small helpers ---------------------------------------------------------------
+
+
+def test_neighbours_and_pairs():
+    points = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    assert kth_neighbour_distances(points, 1).tolist() == [1.0, 1.0, 2.0, 4.0]
+    assert kth_neighbour_distances(points, 2).tolist() == [3.0, 2.0, 3.0, 6.0]
+    generator = torch.Generator().manual_seed(0)
+    assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    sampled = pairs_of(50, 10, generator)
+    assert sampled.shape == (10, 2) and (sampled[:, 0] != sampled[:, 1]).all()
+
+
+def test_check_compatible_names_the_set():
+    a = ImageSet(torch.zeros(2, 1, 8, 8), name="train")
+    check_compatible(a, synthetic=ImageSet(torch.zeros(3, 1, 8, 8)))
+    with pytest.raises(ConfigError, match="the held_out image set is empty"):
+        check_compatible(a, held_out=ImageSet(torch.zeros(0, 1, 8, 8)))
+    with pytest.raises(ConfigError, match="concat: some image sets have labels and some do not"):
+        concat([ImageSet(torch.zeros(1, 1, 8, 8), torch.zeros(1, dtype=torch.int64)), ImageSet(torch.zeros(1, 1, 8, 8))])
+
+
+# -- image folders and the end-of-run path -----------------------------------------
+
+
+def test_a_run_reports_metrics_and_its_sampled_folder_loads_back(toy_config, registry, tmp_path):
+    metrics = [
+        {"name": "swd"},
+        {"name": "ms_ssim"},
+        {"name": "prdc", "domain_embedding": {"epochs": 2}},
+        {"name": "memorization", "domain_embedding": {"epochs": 2}, "artifacts_dir": str(tmp_path / "audit")},
+        {"name": "utility", "steps": 5, "seeds": 1, "resolution": 16},
+    ]
+    run = train(load_config(toy_config(metrics=metrics), registry=registry), registry=registry, progress_bar=False)
+    results = json.loads((run.run_dir / "metrics.json").read_text())
+    assert results["swd"] == {"value": pytest.approx(results["swd"]["value"]), "higher_is_better": False, "metric": "swd"}
+    assert results["coverage_domain"]["higher_is_better"] is True and results["coverage_domain"]["metric"] == "prdc"
+    assert results["copy_rate_pixel"]["higher_is_better"] is False and results["meehan_z_domain"]["metric"] == "memorization"
+    assert results["utility_tstr_accuracy"]["metric"] == "utility" and "ms_ssim_gap" in results
+    assert (tmp_path / "audit" / "memorization_pixel_pairs.png").is_file()
+
+    out = tmp_path / "samples"
+    sample_to_folder(run.run_dir, out, n=6, seed=10, registry=registry)
+    folder = load_image_folder(out, resolution=16, channels=1, class_names=run.spec.class_names)
+    assert folder.labels.tolist() == [0, 1, 0, 1, 0, 1]  # from manifest.json
+    generator = load_run_generator(run.run_dir, None, registry)[0]
+    direct = sample_image_set(generator, 6, torch.tensor([0, 1, 0, 1, 0, 1]), first_seed=10)
+    assert torch.allclose(folder.images, Preprocessing().apply(direct.images), atol=1e-6)  # a PNG holds the 8-bit image
+    cache = FeatureCache(None)
+    assert torch.equal(cache.features(folder.images, PixelEmbedding()), cache.features(direct.images, PixelEmbedding()))
+    with pytest.raises(DataError, match="is not class 0 of"):
+        load_image_folder(out, resolution=16, channels=1, class_names=("a", "b"))
+
+
+def test_load_image_folder_labels_from_class_subfolders_or_one_label(tmp_path):
+    from PIL import Image
+
+    for name, value in (("benign", 40), ("malignant", 200)):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (32, 32), value + i).save(tmp_path / "set" / name / f"{i}.png")
+    loaded = load_image_folder(tmp_path / "set", resolution=16, channels=3, class_names=("benign", "malignant"))
+    assert loaded.images.shape == (4, 3, 16, 16) and loaded.labels.tolist() == [0, 0, 1, 1]
+    assert loaded.images[0, 0, 0, 0].item() == pytest.approx(40 / 255 * 2 - 1, abs=1e-6)
+    with pytest.raises(ConfigError, match="pass class_names"):
+        load_image_folder(tmp_path / "set", resolution=16, channels=1)
+    one = load_image_folder(tmp_path / "set" / "benign", resolution=16, channels=1, label=1)
+    assert one.labels.tolist() == [1, 1]
+    with pytest.raises(DataError, match="no images found"):
+        load_image_folder(tmp_path, resolution=16, channels=1)

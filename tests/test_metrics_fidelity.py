@@ -1,0 +1,223 @@
+"""The torch-fidelity metrics (fid, kid, prc, isc) with a tiny random extractor, and the offline-weights errors."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_fidelity import FeatureExtractorBase, register_feature_extractor
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+from raresynth import ConfigError, ImageSet
+from raresynth.config import DataConfig
+from raresynth.data import load_dataset
+from raresynth.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
+from raresynth.registry import load_plugins
+
+TINY = "raresynth-test-tiny"
+T = "_raresynth_test_tiny"  # value names in a non-standard extractor carry its tag
+
+
+class TinyRandomExtractor(FeatureExtractorBase):
+    """Two random conv layers: mean- and std-pooled features (64-d) and 10 'logits'. No download, ever."""
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.head = torch.nn.Linear(64, 10)
+        if feature_extractor_weights_path is not None:
+            from safetensors.torch import load_file
+
+            self.load_state_dict(load_file(feature_extractor_weights_path))
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3, "torch-fidelity's contract: uint8 RGB"
+        h = F.interpolate(x.float() / 127.5 - 1, size=(32, 32), mode="bilinear", align_corners=False)
+        h = torch.tanh(self.conv2(torch.tanh(self.conv1(h))))
+        pool = torch.cat([h.mean(dim=(2, 3)), h.std(dim=(2, 3))], dim=1)
+        features = {"pool": pool, "logits": self.head(pool)}
+        return tuple(features[name] for name in self.features_list)
+
+    @staticmethod
+    def get_provided_features_list():
+        return "pool", "logits"
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric):
+        return "logits" if metric == "isc" else "pool"
+
+    @staticmethod
+    def can_be_compiled():
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile():
+        return torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+
+
+if TINY not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(TINY, TinyRandomExtractor)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """A fresh feature cache, no weights anywhere, one CPU thread (the test machine is shared)."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    return load_plugins()
+
+
+@pytest.fixture(scope="module")
+def data(plugins):
+    config = DataConfig(format="embedded", resolution=32, channels=3,
+                        format_options={"train_per_class": 32, "held_out_per_class": 8, "crop_size": 64})
+    return load_dataset(config, plugins)
+
+
+def metric(plugins, data, name, **params):
+    cls = plugins.metric(name)
+    return cls(cls.Params.model_validate(params), data.spec)
+
+
+def noisy(image_set: ImageSet, sigma: float, seed: int = 1) -> ImageSet:
+    noise = torch.randn(image_set.images.shape, generator=torch.Generator().manual_seed(seed))
+    return ImageSet((image_set.images + sigma * noise).clamp(-1, 1), image_set.labels, f"noisy{sigma}")
+
+
+def values(m, data, synthetic) -> dict[str, float]:
+    return {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)}
+
+
+SIGMAS = (0.0, 0.1, 0.2, 0.4)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(plugins, data):
+    fid = metric(plugins, data, "fid", embedding=TINY)
+    scores = [values(fid, data, noisy(data.train, sigma))[f"fid{T}"] for sigma in SIGMAS]
+    assert abs(scores[0]) < 1e-6
+    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+
+
+def test_kid_of_a_set_with_itself_is_about_zero_and_grows_with_noise(plugins, data):
+    kid = metric(plugins, data, "kid", embedding=TINY, kid_subsets=20)
+    results = [values(kid, data, noisy(data.train, sigma)) for sigma in SIGMAS]
+    means = [r[f"kid_mean{T}"] for r in results]
+    assert set(results[0]) == {f"kid_mean{T}", f"kid_std{T}"}
+    assert abs(means[0]) < 1e-3  # unbiased MMD² of two equal subsets' draws: about 0, either sign
+    assert all(a < b for a, b in zip(means, means[1:])), means
+
+
+def test_kid_subset_size_fits_small_sets_and_an_explicit_one_is_checked(plugins, data):
+    small = ImageSet(data.train.images[:10], data.train.labels[:10])
+    assert f"kid_mean{T}" in values(metric(plugins, data, "kid", embedding=TINY, kid_subsets=5), data, small)
+    with pytest.raises(ConfigError, match="kid_subset_size: 50 is more than the smaller set holds \\(10 images\\)"):
+        metric(plugins, data, "kid", embedding=TINY, kid_subset_size=50).compute(data.train, data.held_out, small)
+
+
+def test_prc_and_isc_through_torch_fidelity(plugins, data):
+    prc = values(metric(plugins, data, "prc", embedding=TINY), data, data.train)
+    assert prc == {f"prc_precision{T}": 1.0, f"prc_recall{T}": 1.0, f"prc_f_score{T}": pytest.approx(1.0)}
+    isc = values(metric(plugins, data, "isc", embedding=TINY, splits=4), data, data.train)
+    assert set(isc) == {f"isc_mean{T}", f"isc_std{T}"}
+    assert isc[f"isc_mean{T}"] >= 1.0  # exp(KL) >= 1
+
+
+def test_results_are_deterministic_and_real_features_are_cached(plugins, data):
+    kid = metric(plugins, data, "kid", embedding=TINY, kid_subsets=10, seed=3)
+    synthetic = noisy(data.train, 0.1)
+    cache = default_cache()
+    first = values(kid, data, synthetic)
+    misses = cache.misses
+    assert values(kid, data, synthetic) == first
+    assert cache.misses == misses  # both sets' features came from the cache
+    assert values(metric(plugins, data, "kid", embedding=TINY, kid_subsets=10, seed=4), data, synthetic) != first
+
+
+def test_the_domain_embedding_labels_its_values(plugins, data):
+    fid = metric(plugins, data, "fid", embedding="domain", domain_embedding={"epochs": 2})
+    result = values(fid, data, data.train)
+    assert list(result) == ["fid_domain"] and abs(result["fid_domain"]) < 1e-6
+    with pytest.raises(Exception, match="Inception Score needs a classifier's logits"):
+        metric(plugins, data, "isc", embedding="domain")
+
+
+def test_a_custom_extractor_gets_its_weights_file(plugins, data, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(7)
+    weights = {k: v.contiguous() for k, v in TinyRandomExtractor(TINY, ["pool"]).state_dict().items()}
+    save_file(weights, str(tmp_path / "tiny.safetensors"))
+    random_init = values(metric(plugins, data, "fid", embedding=TINY), data, noisy(data.train, 0.2))
+    loaded = values(metric(plugins, data, "fid", embedding=TINY, weights_path=str(tmp_path / "tiny.safetensors")), data,
+                    noisy(data.train, 0.2))
+    assert random_init[f"fid{T}"] != loaded[f"fid{T}"]
+
+
+# -- offline weights ---------------------------------------------------------
+
+
+def test_missing_inception_weights_say_which_file_its_checksum_where_to_get_and_put_it(plugins, data, tmp_path):
+    with pytest.raises(ConfigError) as info:
+        metric(plugins, data, "fid")  # the default extractor: Inception, from a local file only
+    message = str(info.value)
+    known = KNOWN_WEIGHTS["inception-v3-compat"]
+    assert "\n" not in message
+    assert known.filename in message and "sha256 begins with 6726825d" in message
+    assert known.url in message  # where to get it
+    assert WEIGHTS_ENV in message and str(tmp_path / "weights") in message and "weights_path" in message  # where to put it
+    assert "never downloads" in message
+
+
+def test_missing_vgg_weights_for_prc(plugins, data):
+    with pytest.raises(ConfigError, match=r"vgg16-397923af\.pth .*sha256 begins with 397923af.*download\.pytorch\.org"):
+        metric(plugins, data, "prc")
+
+
+def test_weights_are_found_in_the_weights_dir_and_checked(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    fake = folder / KNOWN_WEIGHTS["inception-v3-compat"].filename
+    fake.write_bytes(b"not the real weights")
+    with pytest.raises(ConfigError, match="is not the expected weights-inception-2015-12-05-6726825d.pth: its sha256 is "
+                                          + hashlib.sha256(b"not the real weights").hexdigest()):
+        resolve_weights("inception-v3-compat", None)
+    assert resolve_weights("inception-v3-compat", None, verify=False) == fake
+    assert resolve_weights("inception-v3-compat", str(folder), verify=False) == fake  # weights_path may name the folder
+    assert resolve_weights(TINY, None) is None  # a custom extractor without a file builds its own weights
+
+
+def test_unknown_extractor_is_a_config_error(plugins, data):
+    with pytest.raises(ConfigError, match="embedding: unknown 'inceptoin'"):
+        metric(plugins, data, "fid", embedding="inceptoin")
+
+
+def test_the_standard_inception_path_runs_offline_from_a_local_file(plugins, data, tmp_path, monkeypatch):
+    """torch-fidelity's own Inception, with randomly initialized weights saved where the real file would be."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with monkeypatch.context() as patch:  # build the network without any weights, then save its random ones
+        patch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        torch.manual_seed(0)
+        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], verbose=False)
+    (tmp_path / "weights").mkdir()
+    torch.save(network.state_dict(), tmp_path / "weights" / KNOWN_WEIGHTS["inception-v3-compat"].filename)
+    monkeypatch.setattr(inception, "load_state_dict_from_url", lambda *args, **kwargs: pytest.fail("tried to download"))
+    few = ImageSet(data.train.images[::16], data.train.labels[::16])  # 4 images: Inception at 299 px is slow on a CPU
+    kid = metric(plugins, data, "kid", verify_weights=False, kid_subsets=2)  # random weights do not match the real checksum
+    result = {v.name: v.value for v in kid.compute(few, few, few)}
+    assert list(result) == ["kid_mean", "kid_std"]  # the standard extractor: no suffix
+    with pytest.raises(ConfigError, match="is not the expected"):
+        metric(plugins, data, "kid")  # verify_weights (the default) refuses a file that is not the published one
