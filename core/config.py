@@ -142,6 +142,11 @@ class RunConfig(_Strict):
     precision: Literal["no", "fp16", "bf16"] = "no"  # Accelerate's mixed_precision
     schedule: ScheduleConfig = ScheduleConfig()
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads an unquoted `no` as false
+
     def plain(self) -> dict[str, Any]:
         """The config as plain data, plugin options inline (what ``config.yaml`` holds)."""
         data = self.model_dump(mode="json")
@@ -221,9 +226,9 @@ def _field_names(model: type[pydantic.BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _model_at(loc: Sequence[Any]) -> type[pydantic.BaseModel] | None:
+def _model_at(loc: Sequence[Any], root: type[pydantic.BaseModel] | None = None) -> type[pydantic.BaseModel] | None:
     """The pydantic model that owns the field at ``loc`` (for listing its known fields)."""
-    model: Any = RunConfig
+    model: Any = root or RunConfig
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -247,7 +252,7 @@ def format_validation_error(exc: pydantic.ValidationError, prefix: str = "", mod
         path = prefix + ".".join(str(part) for part in loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            owner = model if model is not None else _model_at(loc)
+            owner = _model_at(loc, model)
             known = _field_names(owner) if owner is not None else []
             name = str(loc[-1]) if loc else ""
             message = "unknown field" + (f"; known fields: {', '.join(known)}." if known else ".") + did_you_mean(name, known)

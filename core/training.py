@@ -147,33 +147,44 @@ class BatchSampler:
 
     The global batch at image position ``nimg`` is positions ``nimg .. nimg+B`` of the
     concatenated epoch permutations; process ``rank`` takes its contiguous slice.
+    Permutations live on the device and batches are gathered there, so a step never
+    waits for a host-to-device copy.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, seed: int, rank: int, num_processes: int, device: torch.device):
-        self.batch_size = batch_size
         self.per_process = batch_size // num_processes
         self.rank = rank
         self.seed = seed
         self.n = len(data)
         # A few hundred images fit on the device: indexing there avoids a data loader.
         size = data.images.numel() * data.images.element_size()
-        where = device if size < 2 * 1024**3 else torch.device("cpu")
-        self.images = data.images.to(where)
-        self.labels = data.labels.to(where) if data.labels is not None else None
+        self.storage = device if size < 2 * 1024**3 else torch.device("cpu")
+        self.images = data.images.to(self.storage)
+        self.labels = data.labels.to(self.storage) if data.labels is not None else None
         self.device = device
-        self._epoch_cache: dict[int, torch.Tensor] = {}
+        self._permutations: dict[int, torch.Tensor] = {}
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._epoch_cache:
+        if epoch not in self._permutations:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._epoch_cache = {epoch: torch.randperm(self.n, generator=generator)}
-        return self._epoch_cache[epoch]
+            permutation = torch.randperm(self.n, generator=generator)
+            if self.storage.type == "cuda":
+                permutation = permutation.pin_memory()
+            # keep this epoch and the next: a batch spans at most two epochs
+            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+            self._permutations[epoch] = permutation.to(self.storage, non_blocking=True)
+        return self._permutations[epoch]
 
     def batch(self, nimg: int) -> Batch:
-        start = nimg + self.rank * self.per_process
-        positions = range(start, start + self.per_process)
-        index = torch.tensor([int(self._permutation(p // self.n)[p % self.n]) for p in positions])
-        index = index.to(self.images.device)
+        position = nimg + self.rank * self.per_process
+        end = position + self.per_process
+        parts = []
+        while position < end:
+            epoch, offset = divmod(position, self.n)
+            take = min(end - position, self.n - offset)
+            parts.append(self._permutation(epoch)[offset : offset + take])
+            position += take
+        index = parts[0] if len(parts) == 1 else torch.cat(parts)
         images = self.images[index].to(self.device, non_blocking=True)
         labels = self.labels[index].to(self.device, non_blocking=True) if self.labels is not None else None
         return Batch(images=images, labels=labels)
@@ -303,16 +314,16 @@ def train(
     bar = tqdm(total=config.budget.kimg, initial=progress.kimg, unit="kimg", disable=not (main and progress_bar), dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
     status, error = "completed", None
-    tick_sums: dict[str, torch.Tensor] = {}
+    tick_sums: dict[str, torch.Tensor | float] = {}
     tick_steps, tick_start_nimg, tick_start_time = 0, progress.nimg, time.perf_counter()
     last_checkpoint_nimg = progress.nimg if resume else -1
     try:
         while progress.nimg < total_nimg:
             seed_step(config.seed, rank, progress.step)
             stats = generator.train_step(sampler.batch(progress.nimg), progress)
-            for key, value in stats.items():
-                value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-                tick_sums[key] = tick_sums.get(key, 0) + value.to(accelerator.device)
+            for key, value in stats.items():  # summed where they live: no copy, no wait
+                value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+                tick_sums[key] = tick_sums.get(key, 0.0) + value
             tick_steps += 1
             before = progress.nimg
             progress.nimg += config.batch_size
@@ -356,12 +367,12 @@ def train(
     return run
 
 
-def reduce_tick_stats(accelerator: Accelerator, sums: Mapping[str, torch.Tensor], steps: int) -> dict[str, float]:
+def reduce_tick_stats(accelerator: Accelerator, sums: Mapping[str, torch.Tensor | float], steps: int) -> dict[str, float]:
     """Average each statistic over the tick's steps and over all processes."""
     if not sums:
         return {}
     keys = sorted(sums)
-    stacked = torch.stack([sums[key].reshape(()) for key in keys]) / max(steps, 1)
+    stacked = torch.stack([torch.as_tensor(sums[key], device=accelerator.device).reshape(()) for key in keys]) / max(steps, 1)
     if accelerator.num_processes > 1:
         stacked = accelerator.reduce(stacked, reduction="mean")
     return {key: float(value) for key, value in zip(keys, stacked.cpu().tolist())}

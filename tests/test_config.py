@@ -65,6 +65,16 @@ def test_plugin_params_validated_by_plugin_schema(registry):
     assert line.startswith("config: data.format_options.crop_sise: unknown field")
 
 
+def test_unquoted_no_means_no_mixed_precision(registry):
+    assert load_config(BASE, ["precision=no"], registry=registry).precision == "no"
+    assert load_config({**BASE, "precision": False}, registry=registry).precision == "no"
+
+
+def test_unknown_nested_field_lists_the_nested_fields(registry):
+    (line,) = error_lines(registry, with_changes("data.intensity.windw=[1, 2]"))
+    assert line.startswith("config: data.intensity.windw: unknown field; known fields: mode, percentiles, window.")
+
+
 def test_literal_error_shows_choices_and_value(registry):
     (line,) = error_lines(registry, with_changes("precision=fp8"))
     assert line.startswith("config: precision: ") and "'no', 'fp16' or 'bf16'" in line and "'fp8'" in line
