@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 TESTS = Path(__file__).parent
 if str(TESTS) not in sys.path:
@@ -23,6 +24,21 @@ def registry():
     set_registry(reg)
     yield reg
     set_registry(None)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared CPU: one thread avoids oversubscription and is several times faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    """All installed plugins, loaded once per module."""
+    return load_plugins()
 
 
 @pytest.fixture

@@ -46,11 +46,6 @@ def run_ddpm(config, registry, *overrides, resume=False):
 
 
 @pytest.fixture(scope="module")
-def plugins():
-    return load_plugins()
-
-
-@pytest.fixture(scope="module")
 def unlabelled_run(tmp_path_factory, plugins):
     """40 steps on 16 grayscale images without labels."""
     run_dir = tmp_path_factory.mktemp("ddpm") / "run"
@@ -255,23 +250,13 @@ def test_ema_decay_warm_up():
 @pytest.mark.slow
 def test_two_processes_end_with_identical_weights(tmp_path):
     """DDP through torchrun (gloo, CPU): both ranks end with the same UNet, EMA and optimizer state."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import yaml
-    from test_distributed import flat, free_port
+    from helpers import flat, torchrun_two_processes
 
-    here = Path(__file__).parent
     config = ddpm_config(tmp_path / "run", labels="auto", aug_hflip=True)
     config["budget"] = {"kimg": 0.032}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(here)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(here / "two_process_train.py"), str(tmp_path / "config.yaml"), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = torchrun_two_processes(tmp_path / "config.yaml", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_state(tmp_path / "rank0.safetensors"), load_state(tmp_path / "rank1.safetensors")
     assert rank0["world"] == rank1["world"] == 2 and rank0["nimg"] == 32

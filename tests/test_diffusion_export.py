@@ -20,16 +20,11 @@ from raresynth.config import load_config
 from raresynth.plugins.diffusion import export_pipeline
 from raresynth.plugins.diffusion.backend import DDPM, DDPMParams, DDPMSampleParams
 from raresynth.plugins.diffusion.export import main as export_main
-from raresynth.registry import load_plugins
 from raresynth.training import load_run_generator, make_accelerator, train
 
 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False), which numpy 2 flags; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
-@pytest.fixture(scope="module")
-def plugins():
-    return load_plugins()
 
 
 @pytest.fixture(scope="module")

@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
 
+from helpers import flat, torchrun_two_processes
 from raresynth.checkpoint import list_checkpoints, load_state
-
-HERE = Path(__file__).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def flat(state, prefix=""):
-    if isinstance(state, torch.Tensor):
-        yield prefix, state
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            yield from flat(value, f"{prefix}/{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from flat(value, f"{prefix}/{i}")
 
 
 @pytest.mark.slow
@@ -42,12 +18,7 @@ def test_two_processes_end_with_identical_weights(tmp_path, toy_config, generato
     config["budget"] = {"kimg": 0.064}
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(HERE / "two_process_train.py"), str(config_path), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = torchrun_two_processes(config_path, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_state(tmp_path / "rank0.safetensors"), load_state(tmp_path / "rank1.safetensors")
     assert rank0["world"] == rank1["world"] == 2

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from helpers import embedded_data
 from raresynth import ConfigError, DataError, ImageSet
 from raresynth import features as feats
-from raresynth.config import DataConfig, load_config
-from raresynth.data import load_dataset
+from raresynth.config import load_config
 from raresynth.features import (
     CACHE_ENV,
     DomainEmbeddingParams,
@@ -24,27 +24,20 @@ from raresynth.features import (
     pairs_of,
 )
 from raresynth.imagesets import check_compatible, concat, load_image_folder, sample_image_set
-from raresynth.registry import load_plugins
 from raresynth.training import load_run_generator, sample_to_folder, train
 
 FAST_DOMAIN = DomainEmbeddingParams(epochs=2, batch_size=16)
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(feats, "_ENCODERS", {})  # no encoder from an earlier test
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def data():
-    config = DataConfig(format="embedded", resolution=16, channels=1,
-                        format_options={"train_per_class": 16, "held_out_per_class": 4, "crop_size": 32})
-    return load_dataset(config, load_plugins())
+def data(plugins):
+    return embedded_data(plugins, resolution=16, channels=1, train_per_class=16, held_out_per_class=4, crop_size=32)
 
 
 # -- preprocessing -------------------------------------------------------------

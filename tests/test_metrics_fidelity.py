@@ -10,11 +10,9 @@ import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet
-from raresynth.config import DataConfig
-from raresynth.data import load_dataset
 from raresynth.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
-from raresynth.registry import load_plugins
 
 TINY = "raresynth-test-tiny"
 T = "_raresynth_test_tiny"  # value names in a non-standard extractor carry its tag
@@ -63,41 +61,16 @@ if TINY not in FEATURE_EXTRACTORS_REGISTRY:
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, one_thread):
     """A fresh feature cache, no weights anywhere, one CPU thread (the test machine is shared)."""
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def plugins():
-    return load_plugins()
 
 
 @pytest.fixture(scope="module")
 def data(plugins):
-    config = DataConfig(format="embedded", resolution=32, channels=3,
-                        format_options={"train_per_class": 32, "held_out_per_class": 8, "crop_size": 64})
-    return load_dataset(config, plugins)
-
-
-def metric(plugins, data, name, **params):
-    cls = plugins.metric(name)
-    return cls(cls.Params.model_validate(params), data.spec)
-
-
-def noisy(image_set: ImageSet, sigma: float, seed: int = 1) -> ImageSet:
-    noise = torch.randn(image_set.images.shape, generator=torch.Generator().manual_seed(seed))
-    return ImageSet((image_set.images + sigma * noise).clamp(-1, 1), image_set.labels, f"noisy{sigma}")
-
-
-def values(m, data, synthetic) -> dict[str, float]:
-    return {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)}
+    return embedded_data(plugins, resolution=32, channels=3, train_per_class=32, held_out_per_class=8, crop_size=64)
 
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4)

@@ -9,36 +9,23 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import embedded_data
 from raresynth import ConfigError, ImageSet
-from raresynth.config import DataConfig
-from raresynth.data import load_dataset
 from raresynth.features import CACHE_ENV
 from raresynth.plugins.memorization.audit import mann_whitney_z
-from raresynth.registry import load_plugins
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
 FAST_DOMAIN = {"epochs": 3}
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def plugins():
-    return load_plugins()
 
 
 @pytest.fixture(scope="module")
 def data(plugins):
-    config = DataConfig(format="embedded", resolution=32, channels=3,
-                        format_options={"train_per_class": 32, "held_out_per_class": 20, "crop_size": 64})
-    return load_dataset(config, plugins)
+    return embedded_data(plugins, resolution=32, channels=3, train_per_class=32, held_out_per_class=20, crop_size=64)
 
 
 def audit(plugins, data, **params):

@@ -6,43 +6,25 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import embedded_data, values
 from raresynth import ImageSet
-from raresynth.config import DataConfig
-from raresynth.data import load_dataset
 from raresynth.plugins.utility import NotApplicableWarning
 from raresynth.plugins.utility.classifier import auc, balanced_accuracy
-from raresynth.registry import load_plugins
 
 FAST = {"steps": 30, "seeds": 2, "batch_size": 16, "resolution": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def plugins():
-    return load_plugins()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def data(plugins):
-    config = DataConfig(format="embedded", resolution=16, channels=1,
-                        format_options={"train_per_class": 24, "held_out_per_class": 12, "crop_size": 64})
-    return load_dataset(config, plugins)
+    return embedded_data(plugins, resolution=16, channels=1, train_per_class=24, held_out_per_class=12, crop_size=64)
 
 
 def utility(plugins, data, **params):
     cls = plugins.metric("utility")
     return cls(cls.Params.model_validate({**FAST, **params}), data.spec)
-
-
-def values(metric, data, synthetic) -> dict[str, float]:
-    return {v.name: v.value for v in metric.compute(data.train, data.held_out, synthetic)}
 
 
 def test_the_real_training_set_as_synthetic_reproduces_the_real_only_score(plugins, data):

@@ -5,52 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet
-from raresynth.config import DataConfig
-from raresynth.data import load_dataset
 from raresynth.features import CACHE_ENV, ms_ssim, ms_ssim_scales, ssim
 from raresynth.plugins.weightfree import frd_available
 from raresynth.plugins.weightfree.prdc import prdc
 from raresynth.plugins.weightfree.swd import laplacian_pyramid, pyr_up, pyramid_resolutions
-from raresynth.registry import load_plugins
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4)
 FAST_DOMAIN = {"epochs": 3}
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
+def _isolated(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: one thread is faster than two fighting
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def plugins():
-    return load_plugins()
 
 
 @pytest.fixture(scope="module", params=[3, 1], ids=["rgb", "gray"])
 def data(request, plugins):
-    config = DataConfig(format="embedded", resolution=32, channels=request.param,
-                        format_options={"train_per_class": 32, "held_out_per_class": 8, "crop_size": 64})
-    return load_dataset(config, plugins)
-
-
-def metric(plugins, data, name, **params):
-    cls = plugins.metric(name)
-    return cls(cls.Params.model_validate(params), data.spec)
-
-
-def noisy(image_set: ImageSet, sigma: float, seed: int = 1) -> ImageSet:
-    noise = torch.randn(image_set.images.shape, generator=torch.Generator().manual_seed(seed))
-    return ImageSet((image_set.images + sigma * noise).clamp(-1, 1), image_set.labels, f"noisy{sigma}")
-
-
-def values(m, data, synthetic) -> dict[str, float]:
-    return {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)}
+    return embedded_data(plugins, resolution=32, channels=request.param, train_per_class=32, held_out_per_class=8, crop_size=64)
 
 
 # -- SWD ---------------------------------------------------------------------

@@ -13,12 +13,7 @@ from raresynth.plugins.r1 import R1, R1Params, auto_gamma
 SPEC = DataSpec(resolution=8, channels=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class SmallD(nn.Module):

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 import typing
-from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import flat, torchrun_two_processes
 from raresynth import Batch, ConfigError, DataSpec, PenaltyInputs, Progress, Regularizer
 from raresynth.checkpoint import list_checkpoints, load_state, save_state
 from raresynth.config import load_config
@@ -25,17 +21,10 @@ from raresynth.plugins.stylegan2_ada.augment import ALL_OPS
 from raresynth.plugins.stylegan2_ada.presets import AugmentOp, recommended_batch, recommended_r1_gamma
 from raresynth.training import build_generator, make_accelerator, train
 
-HERE = Path(__file__).parent
 TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 1, "channel_base": 128, "channel_max": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: one thread avoids oversubscription and is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_backend(resolution=16, channels=1, classes=(), regularizers=(), seed=0, **params) -> StyleGAN2ADA:
@@ -61,27 +50,8 @@ def train_steps(backend, batch, steps, progress=None) -> dict:
     return stats
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def flat(state, prefix=""):
-    if isinstance(state, torch.Tensor):
-        yield prefix, state
-    elif isinstance(state, dict):
-        for key, value in state.items():
-            yield from flat(value, f"{prefix}/{key}")
-    elif isinstance(state, (list, tuple)):
-        for i, value in enumerate(state):
-            yield from flat(value, f"{prefix}/{i}")
-    else:
-        yield prefix, state
-
-
 def assert_same_state(a, b):
-    fa, fb = dict(flat(a)), dict(flat(b))
+    fa, fb = dict(flat(a, all_leaves=True)), dict(flat(b, all_leaves=True))
     assert fa.keys() == fb.keys()
     for key, value in fa.items():
         if isinstance(value, torch.Tensor):
@@ -348,12 +318,7 @@ def test_two_processes_end_with_identical_state(tmp_path, toy_config):
     config["budget"] = {"kimg": 0.064}
     config_path = tmp_path / "config.yaml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE)}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(HERE / "two_process_train.py"), str(config_path), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = torchrun_two_processes(config_path, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = load_state(tmp_path / "rank0.safetensors"), load_state(tmp_path / "rank1.safetensors")
     assert rank0["world"] == rank1["world"] == 2 and rank0["nimg"] == rank1["nimg"] == 64

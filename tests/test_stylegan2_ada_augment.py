@@ -14,12 +14,7 @@ from raresynth.plugins.stylegan2_ada.augment import ALL_OPS, COLOR_OPS, GEOMETRI
 from raresynth.training import make_accelerator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def smooth_images(n: int, channels: int, size: int = 16, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
