@@ -311,7 +311,7 @@ def train(
     total_nimg = int(round(config.budget.kimg * 1000))
     tick_nimg = max(1, int(round(config.schedule.tick_kimg * 1000)))
     snapshot_nimg = max(1, int(round(config.schedule.snapshot_kimg * 1000)))
-    bar = tqdm(total=config.budget.kimg, initial=progress.kimg, unit="kimg", disable=not (main and progress_bar), dynamic_ncols=True,
+    bar = tqdm(total=config.budget.kimg, initial=min(progress.kimg, config.budget.kimg), unit="kimg", disable=not (main and progress_bar), dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg [{elapsed}<{remaining}{postfix}]")
     status, error = "completed", None
     tick_sums: dict[str, torch.Tensor | float] = {}
@@ -338,7 +338,7 @@ def train(
                 check_finite_stats(line, run)
                 logger.log(line)
                 if main:
-                    bar.update(progress.kimg - bar.n)
+                    bar.update(min(progress.kimg, config.budget.kimg) - bar.n)  # the last batch may overshoot
                     bar.set_postfix_str(f"{line['img_per_s']:.0f} img/s", refresh=False)
                     registry.hook.raresynth_tick(run=run, stats=line)
                 tick_sums, tick_steps, tick_start_nimg, tick_start_time = {}, 0, progress.nimg, time.perf_counter()

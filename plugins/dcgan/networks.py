@@ -69,8 +69,9 @@ class MinibatchStdDev(nn.Module):
         g = min(self.group_size, n)
         while n % g:
             g -= 1
-        std = x.reshape(g, n // g, c, h, w).float().var(dim=0, unbiased=False).add(1e-8).sqrt()
-        feature = std.mean(dim=(1, 2, 3)).to(x.dtype).reshape(n // g, 1, 1, 1).repeat(g, 1, h, w)
+        # contiguous groups: with reals and fakes concatenated, a group never mixes the two
+        std = x.reshape(n // g, g, c, h, w).float().var(dim=1, unbiased=False).add(1e-8).sqrt()
+        feature = std.mean(dim=(1, 2, 3)).to(x.dtype).repeat_interleave(g).reshape(n, 1, 1, 1).expand(n, 1, h, w)
         return torch.cat([x, feature], dim=1)
 
 
