@@ -5,7 +5,7 @@ The public API, everything a plugin author imports::
     from raresynth import hookimpl, Generator, Regularizer, Metric, DataFormat, PluginParams
 """
 
-from .errors import ConfigError, DataError, PluginError, RaresynthError, RunDirError, TrainingError
+from .errors import ConfigError, DataError, PluginError, RaresynthError, RunDirError, TrainingError, did_you_mean
 from .interfaces import (
     Batch,
     DataFormat,
@@ -45,6 +45,7 @@ __all__ = [
     "Regularizer",
     "RunDirError",
     "TrainingError",
+    "did_you_mean",
     "get_registry",
     "hookimpl",
     "load_plugins",

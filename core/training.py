@@ -8,7 +8,8 @@ losses and optimizers (:class:`raresynth.Generator`).
 A run directory holds::
 
     config.yaml        the resolved config (plugin defaults filled in)
-    data.json          the data spec and the train / held-out split (record ids only)
+    data.json          the data spec and the files skipped as unreadable
+    split.json         the train / held-out split (record ids only)
     log.jsonl          one line per tick: kimg, img/s, losses, ...
     checkpoints/       checkpoint-<nimg>.safetensors, the last `keep_checkpoints`
     samples/           grid-<nimg>.png, the same seeds every time
@@ -44,14 +45,14 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .config import RunConfig, load_config, resolve_plugins, save_config
-from .data import Dataset, check_split, load_dataset
+from .data import Dataset, check_split, load_dataset, load_split, save_split
 from .errors import ConfigError, RunDirError, TrainingError
 from .images import save_grid
 from .imagesets import sample_image_set
 from .interfaces import Batch, DataSpec, Generator, ImageSet, Metric, Progress, Regularizer
 from .registry import Registry, get_registry
 
-RUN_FILES = ("config.yaml", "data.json", "log.jsonl", "metrics.json", "checkpoints", "samples", "tensorboard")
+RUN_FILES = ("config.yaml", "data.json", "split.json", "log.jsonl", "metrics.json", "checkpoints", "samples", "tensorboard")
 GRID_SEEDS_OFFSET = 0  # sample grids always use seeds 0..grid_size-1, comparable across snapshots
 
 
@@ -237,7 +238,6 @@ def write_data_json(dataset: Dataset, path: Path) -> None:
     payload = {
         "format": dataset.format,
         "spec": {"resolution": spec.resolution, "channels": spec.channels, "class_names": list(spec.class_names), "num_train": spec.num_train},
-        "split": dataset.split,
         "skipped": [list(item) for item in dataset.skipped],
     }
     path.write_text(json.dumps(payload, indent=1))
@@ -282,7 +282,7 @@ def train(
 
     dataset = load_dataset(config.data, registry)
     if resume:
-        check_split(dataset, json.loads((run_dir / "data.json").read_text())["split"])
+        check_split(dataset, load_split(run_dir / "split.json"))
     spec = dataset.spec
     metrics = build_metrics(config, spec, registry, run_dir)  # before training: a missing weights file fails now
     generator = build_generator(config, spec, registry)
@@ -298,6 +298,7 @@ def train(
     elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_data_json(dataset, run_dir / "data.json")
+        save_split(dataset, run_dir / "split.json")
     if accelerator.is_main_process:
         save_config(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
@@ -413,12 +414,12 @@ def snapshot(accelerator: Accelerator, generator: Generator, run: RunInfo, regis
         run.checkpoints = ckpt.list_checkpoints(checkpoint_dir)
         registry.hook.raresynth_checkpoint_written(run=run, path=path)
         seeds = list(range(GRID_SEEDS_OFFSET, GRID_SEEDS_OFFSET + run.config.schedule.grid_size))
-        images = generator.sample(seeds, grid_labels(run.spec, len(seeds)))
+        images = generator.sample(seeds, cycled_labels(run.spec, len(seeds)))
         save_grid(images, run.run_dir / "samples" / f"grid-{run.progress.nimg:09d}.png")
     accelerator.wait_for_everyone()
 
 
-def grid_labels(spec: DataSpec, n: int) -> torch.Tensor | None:
+def cycled_labels(spec: DataSpec, n: int) -> torch.Tensor | None:
     """Class labels cycling through the classes (None for unconditional data)."""
     if not spec.num_classes:
         return None
@@ -542,8 +543,8 @@ def sample_to_folder(
             raise RunDirError(f"--label '{label}': not a class of this run; classes: {', '.join(spec.class_names)}")
         index = spec.class_names.index(label) if label in spec.class_names else int(label)
         labels = torch.full((n,), index, dtype=torch.int64)
-    elif spec.num_classes:
-        labels = torch.arange(n) % spec.num_classes
+    else:
+        labels = cycled_labels(spec, n)
     out = Path(out)
     names = [f"seed{seed + i:06d}.png" for i in range(n)]
     clashes = [name for name in names + ["manifest.json"] if (out / name).exists()]

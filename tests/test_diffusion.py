@@ -74,8 +74,8 @@ def test_training_loss_decreases_on_16_real_images(unlabelled_run):
     assert all(math.isfinite(line["loss"]) and line["grad_norm"] > 0 for line in lines)
     assert lines[-1]["loss"] < 0.6 * lines[0]["loss"], [line["loss"] for line in lines]
     assert (unlabelled_run / "samples" / "grid-000000320.png").is_file()
-    data = json.loads((unlabelled_run / "data.json").read_text())
-    assert len(data["split"]["train"]) == 16
+    split = json.loads((unlabelled_run / "split.json").read_text())
+    assert len(split["train"]) == 16
     state = load_state(list_checkpoints(unlabelled_run / "checkpoints")[-1])["generator"]
     assert state["steps"] == 40 and set(state) == {"unet", "ema", "steps", "opt"}
     # the EMA lags the live weights

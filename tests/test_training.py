@@ -77,8 +77,9 @@ def test_end_to_end_run_writes_everything_and_learns(toy_config, tmp_path):
     saved = load_config(run_dir / "config.yaml", registry=registry)
     assert saved.generator.params == {"lr": 0.05, "nan_at_step": -1} and saved.regularizers[0].params["every"] == 2
     data = json.loads((run_dir / "data.json").read_text())
-    assert len(data["split"]["train"]) == 16 and len(data["split"]["held_out"]) == 8
-    assert not set(data["split"]["train"]) & set(data["split"]["held_out"])
+    split = json.loads((run_dir / "split.json").read_text())
+    assert len(split["train"]) == 16 and len(split["held_out"]) == 8
+    assert not set(split["train"]) & set(split["held_out"])
     assert data["spec"] == {"resolution": 16, "channels": 1, "class_names": ["fundus", "histology"], "num_train": 16}
 
     kinds = [event[0] for event in observer.events]

@@ -40,7 +40,6 @@ same crops, and adding a class does not move the crops of another.
 
 from __future__ import annotations
 
-import difflib
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
+from raresynth import DataError, DataFormat, PluginParams, RawImage, Record, did_you_mean
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, in source pixels
 
@@ -222,9 +221,7 @@ class EmbeddedMedical(DataFormat):
                 raise ValueError(f"choose at least one class; available classes: {available}")
             for name in classes:
                 if name not in CLASSES:
-                    close = difflib.get_close_matches(name, list(CLASSES), n=1, cutoff=0.5)
-                    hint = f" Did you mean '{close[0]}'?" if close else ""
-                    raise ValueError(f"unknown class '{name}'; available classes: {available}.{hint}")
+                    raise ValueError(f"unknown class '{name}'; available classes: {available}.{did_you_mean(name, CLASSES)}")
             duplicates = sorted({name for name in classes if classes.count(name) > 1})
             if duplicates:
                 raise ValueError(f"class '{duplicates[0]}' is listed twice")
