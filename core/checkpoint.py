@@ -101,6 +101,14 @@ def checkpoint_path(checkpoint_dir: Path, nimg: int) -> Path:
     return checkpoint_dir / f"checkpoint-{nimg:09d}.safetensors"
 
 
+def checkpoint_nimg(path: Path) -> int:
+    """Images shown when the checkpoint at ``path`` was written (from its file name)."""
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    if match is None:
+        raise RunDirError(f"{path}: not a raresynth checkpoint name (checkpoint-<images shown>.safetensors)")
+    return int(match.group(1))
+
+
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """Checkpoints in ``checkpoint_dir``, oldest first (by images shown)."""
     if not checkpoint_dir.is_dir():

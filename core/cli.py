@@ -6,7 +6,7 @@
     raresynth train CONFIG [a.b=value ...]  train (--resume, --overwrite, --dry-run)
     raresynth sample RUN --n 16 --out DIR   PNG files plus manifest.json
     raresynth data inspect PATH             what a reader sees in a file or folder
-    raresynth bench                         the benchmark harness (not yet available)
+    raresynth bench CONFIG [a.b=value ...]  train and compare variants on one dataset, write report.md
 
 Errors the user can fix are printed as one line, without a traceback, exit code 2.
 Several processes: ``accelerate launch -m raresynth train ...`` or
@@ -62,7 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--labels", default="auto", help="'auto', 'none' or a CSV file")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
-    commands.add_parser("bench", help="compare backends on one dataset (benchmark harness)")
+    bench = commands.add_parser("bench", help="compare backends and regularizer settings on one dataset; writes a report")
+    bench.add_argument("config", type=Path, help="benchmark config (YAML)")
+    bench.add_argument("overrides", nargs="*", metavar="a.b=value", help="dotted overrides, e.g. seeds=[0,1] base.budget.kimg=5")
+    bench.add_argument("--only", metavar="A,B", help="train and measure only these variants now (the report shows all)")
+    bench.add_argument("--rerun", metavar="A,B", help="retrain these variants from scratch (their earlier runs are replaced)")
+    bench.add_argument("--report-only", action="store_true", help="train and measure nothing; rewrite the report from what exists")
+    bench.add_argument("--dry-run", action="store_true", help="print what each run needs (train, resume, measure) and exit")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value words may come after options too (`sample RUN --n 4 truncation=0.7`);
     # argparse leaves those over, so they are collected here.
     args, extra = parser.parse_known_args(argv)
-    target = {"train": "overrides", "sample": "options"}.get(args.command)
+    target = {"train": "overrides", "sample": "options", "bench": "overrides"}.get(args.command)
     stray = [word for word in extra if target is None or "=" not in word or word.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
@@ -160,7 +167,24 @@ def cmd_data(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
-    raise RaresynthError("the benchmark harness is not available yet in this version; train runs with `raresynth train` meanwhile")
+    from .benchmark import plan_text, prepare_benchmark, run_benchmark
+
+    only, rerun = parse_plugin_list(args.only) or [], parse_plugin_list(args.rerun) or []
+    benchmark = prepare_benchmark(args.config, args.overrides, registry=registry, rerun=rerun)
+    names = {run.variant.name for run in benchmark.runs} | {run.variant.name.split("--", 1)[0] for run in benchmark.runs}
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise RaresynthError(f"--only {unknown[0]}: no such variant; variants: {', '.join(sorted(names))}")
+    if args.dry_run:
+        print(plan_text(benchmark), end="")
+        return 0
+    results = run_benchmark(benchmark, only=only, report_only=args.report_only, progress_bar=not args.no_progress)
+    failed = [f"{v['label']} seed {r['seed']}" for v in results["variants"] for r in v["runs"] if r["status"] == "failed"]
+    print(f"report: {benchmark.out_dir / 'report.md'}")
+    if failed:
+        print(f"{len(failed)} run(s) failed: {'; '.join(failed)} (see the report; run the same command again to retry)", file=sys.stderr)
+        return 1
+    return 0
 
 
 COMMANDS = {"plugins": cmd_plugins, "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench}

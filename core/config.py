@@ -195,31 +195,39 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 value = float(value)
             except ValueError:
                 pass
-        parts = key.split(".")
-        node: Any = data
-        for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[: depth + 1])
-            if isinstance(node, list):
-                if not part.isdigit():
-                    raise ConfigError(f"override '{override}': {where}: '{part}' must be a list index")
-                index = int(part)
-                if index >= len(node):
-                    raise ConfigError(f"override '{override}': {where}: the list has {len(node)} item(s)")
-                if last:
-                    node[index] = value
-                else:
-                    node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    node = node.setdefault(part, {})
-                    if not isinstance(node, (dict, list)):
-                        raise ConfigError(f"override '{override}': {where} is a value, not a mapping or list")
-            else:  # pragma: no cover - guarded above
-                raise ConfigError(f"override '{override}': {where} is a value, not a mapping or list")
+        set_dotted(data, key, value, what=f"override '{override}'")
     return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """Set ``data[a][b][0]...`` for ``key`` ``a.b.0...`` in place, creating mappings on the way.
+
+    ``what`` starts each error message (which override or sweep the key came from).
+    """
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ConfigError(f"{what}: {where}: '{part}' must be a list index")
+            index = int(part)
+            if index >= len(node):
+                raise ConfigError(f"{what}: {where}: the list has {len(node)} item(s)")
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"{what}: {where} is a value, not a mapping or list")
+        else:
+            raise ConfigError(f"{what}: {where} is a value, not a mapping or list")
 
 
 def _field_names(model: type[pydantic.BaseModel]) -> list[str]:

@@ -52,8 +52,9 @@ from .imagesets import sample_image_set
 from .interfaces import Batch, DataSpec, Generator, ImageSet, Metric, Progress, Regularizer
 from .registry import Registry, get_registry
 
-RUN_FILES = ("config.yaml", "data.json", "split.json", "log.jsonl", "metrics.json", "checkpoints", "samples", "tensorboard")
+RUN_FILES = ("config.yaml", "data.json", "split.json", "log.jsonl", "metrics.json", "metrics", "checkpoints", "samples", "tensorboard")
 GRID_SEEDS_OFFSET = 0  # sample grids always use seeds 0..grid_size-1, comparable across snapshots
+METRIC_SEEDS_OFFSET = 1_000_000  # synthetic sets for metrics: seeds apart from the grids' seeds
 
 
 @dataclass
@@ -439,17 +440,31 @@ def build_metrics(config: RunConfig, spec: DataSpec, registry: Registry, run_dir
     return metrics
 
 
-def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, metrics: Sequence[tuple[str, Metric]], run_dir: Path) -> dict[str, Any]:
-    """Sample a synthetic set like the training set and compute the metrics into ``metrics.json``."""
-    n = config.schedule.metric_samples or len(dataset.train)
+def synthetic_like_train(generator: Generator, dataset: Dataset, n: int = 0, first_seed: int = METRIC_SEEDS_OFFSET,
+                         options: Any = None) -> ImageSet:
+    """``n`` synthetic images (0: as many as the training split) with the training split's class balance.
+
+    Image ``i`` comes from seed ``first_seed + i``: every backend is measured on the same seeds and labels.
+    """
+    n = n or len(dataset.train)
     labels = None
-    if dataset.train.labels is not None:  # the training set's class balance
+    if dataset.train.labels is not None:
         labels = dataset.train.labels[torch.arange(n) % len(dataset.train)]
-    synthetic = sample_image_set(generator, n, labels)
-    results: dict[str, Any] = {}
+    return sample_image_set(generator, n, labels, first_seed=first_seed, options=options)
+
+
+def compute_metrics(metrics: Sequence[tuple[str, Metric]], dataset: Dataset, synthetic: ImageSet) -> dict[str, dict[str, Any]]:
+    """``{value name: {"value", "higher_is_better", "metric"}}`` for every value the metrics report."""
+    results: dict[str, dict[str, Any]] = {}
     for name, metric in metrics:
         for value in metric.compute(dataset.train, dataset.held_out, synthetic):
             results[value.name] = {"value": value.value, "higher_is_better": value.higher_is_better, "metric": name}
+    return results
+
+
+def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, metrics: Sequence[tuple[str, Metric]], run_dir: Path) -> dict[str, Any]:
+    """Sample a synthetic set like the training set and compute the metrics into ``metrics.json``."""
+    results = compute_metrics(metrics, dataset, synthetic_like_train(generator, dataset, config.schedule.metric_samples))
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=1))
     return results
 

@@ -76,3 +76,30 @@ def test_readme_quick_start_is_two_commands():
     quick_start = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"^(make \w+)$", quick_start, flags=re.M)
     assert commands == ["make demo", "make test"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "docs" / "examples").glob("*.yaml")) + sorted((ROOT / "benchmarks" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_run_configs_are_valid(path, registry):
+    config = load_config(path, registry=registry)
+    assert config.budget.kimg > 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_benchmark_configs_are_valid(path, registry, tmp_path):
+    from raresynth.benchmark import prepare_benchmark
+
+    benchmark = prepare_benchmark(path, [f"out_dir={tmp_path / 'out'}"], registry=registry)
+    assert benchmark.runs and all(run.state == "new" for run in benchmark.runs)
+
+
+def test_the_benchmark_guides_example_config_is_valid(registry, tmp_path):
+    from raresynth.benchmark import prepare_benchmark
+
+    text = (ROOT / "docs" / "benchmark.md").read_text()
+    example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "bench.yaml").write_text(example)
+    benchmark = prepare_benchmark(tmp_path / "bench.yaml", [f"out_dir={tmp_path / 'out'}"], registry=registry)
+    assert [v.label for v in benchmark.variants] == [
+        "ddpm", "stylegan2_ada", "r1_gamma (gamma=0.01)", "r1_gamma (gamma=0.1)", "r1_gamma (gamma=1)", "r1_gamma (gamma=10)", "no_ada"]
+    assert len(benchmark.runs) == 7 * 3

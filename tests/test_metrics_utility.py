@@ -70,3 +70,19 @@ def test_scores():
     assert auc(probs, labels) == pytest.approx(1.0)  # the positive outscores every negative
     three = torch.tensor([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]], dtype=torch.float64)
     assert auc(three, torch.tensor([0, 1, 2, 1])) == pytest.approx(np.mean([1.0, 1.0, 1.0]))
+
+
+def test_the_real_only_classifiers_are_trained_once_per_metric_object(plugins, data, monkeypatch):
+    import raresynth.plugins.utility.metric as module
+
+    calls = []
+    original = module.train_classifier
+    monkeypatch.setattr(module, "train_classifier", lambda x, *args: calls.append(len(x)) or original(x, *args))
+    metric = utility(plugins, data, regimes=["trtr", "tstr"])
+    first = values(metric, data, data.train)
+    swapped = ImageSet(data.train.images, 1 - data.train.labels)
+    second = values(metric, data, swapped)
+    assert len(calls) == 2 + 2 + 2  # trtr twice, tstr twice, then only tstr again
+    assert {k: v for k, v in second.items() if "trtr" in k} == {k: v for k, v in first.items() if "trtr" in k}
+    fresh = values(utility(plugins, data, regimes=["trtr", "tstr"]), data, swapped)
+    assert fresh == second  # the cached scores are the ones a fresh computation gives

@@ -1,0 +1,508 @@
+"""A readable report of a benchmark: summary table, settings, plots, samples, failures.
+
+``raresynth bench`` trains several variants x several seeds and collects everything in
+one plain ``results`` dict (also saved as ``results.json``). :func:`summarize` reduces
+it to one row per variant; :func:`write_report` writes, into the benchmark folder::
+
+    report.md          results table (mean ± std over seeds, best in bold), settings,
+                       plots, sample grids, failed and pending runs, notes
+    results.csv        tidy: one row per run x value
+    plots/<value>.png  one bar chart per value (seeds as points), and train_time.png
+
+Only finished runs (``status: done``) count in means and plots; failed and pending
+runs are listed, never averaged. Structure is required (``variants``, each with
+``name`` and ``runs``, each run with ``seed`` and ``status``); everything else is read
+with a default, so a report can still be written for an interrupted benchmark.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .errors import RaresynthError
+
+REPORT_FILE = "report.md"
+CSV_FILE = "results.csv"
+PLOTS_DIR = "plots"
+TRAIN_TIME_PLOT = "train_time"
+CSV_FIELDS = ("variant", "seed", "status", "value", "number", "higher_is_better", "dataset_specific")
+DAGGER_NOTE = (
+    "computed in an embedding trained on this dataset's training split: "
+    "compare variants within this benchmark only, never across datasets"
+)
+
+
+# ---------------------------------------------------------------------------
+# Reading the results dict
+# ---------------------------------------------------------------------------
+
+
+def _variants(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The variants, with the keys the report cannot do without checked."""
+    variants = results.get("variants")
+    if not isinstance(variants, list):
+        raise RaresynthError("benchmark results: 'variants' must be a list of variants")
+    for i, variant in enumerate(variants):
+        if "name" not in variant or not isinstance(variant.get("runs"), list):
+            raise RaresynthError(f"benchmark results: variants[{i}] needs a 'name' and a 'runs' list")
+        for j, run in enumerate(variant["runs"]):
+            if "seed" not in run or "status" not in run:
+                raise RaresynthError(f"benchmark results: variant '{variant['name']}' runs[{j}] needs a 'seed' and a 'status'")
+    return variants
+
+
+def _label(variant: Mapping[str, Any]) -> str:
+    return str(variant.get("label") or variant["name"])
+
+
+def _value_names(results: Mapping[str, Any]) -> list[str]:
+    """Value names in the order of ``results['values']``, then any other reported name, sorted."""
+    names = list(results.get("values") or {})
+    extra = {name for variant in _variants(results) for run in variant["runs"] for name in (run.get("values") or {})}
+    return names + sorted(extra - set(names))
+
+
+def _value_info(results: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    """``{"higher_is_better": bool | None, "dataset_specific": bool, ...}`` for one value name."""
+    return (results.get("values") or {}).get(name) or {}
+
+
+def _groups(results: Mapping[str, Any], names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """Value names grouped by the metric plugin that reported them, in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(str(_value_info(results, name).get("metric") or name), []).append(name)
+    return list(groups.items())
+
+
+def _number(run: Mapping[str, Any], key: str, where: str) -> float | None:
+    value = run.get(key)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RaresynthError(f"benchmark results: {where}: {key} is not a number ({value!r})") from None
+
+
+def _run_values(variant: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, float]:
+    """A run's values as floats; ``None`` entries (value not computed) are left out."""
+    where = f"variant '{variant['name']}' seed {run['seed']}"
+    values = run.get("values") or {}
+    return {name: number for name in values if (number := _number(values, name, where)) is not None}
+
+
+def _finished(variant: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [run for run in variant["runs"] if run["status"] == "done"]
+
+
+def _mean_std(numbers: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; ``None`` for one number).
+
+    A non-finite number makes the mean non-finite (nan, or inf) and the std nan:
+    the table shows it rather than hiding a diverged seed.
+    """
+    if not numbers:
+        return None, None
+    if all(math.isfinite(x) for x in numbers):
+        return statistics.mean(numbers), (statistics.stdev(numbers) if len(numbers) > 1 else None)
+    return sum(numbers) / len(numbers), (math.nan if len(numbers) > 1 else None)
+
+
+def _seed_values(variant: Mapping[str, Any], name: str) -> list[float]:
+    """One number per finished run that reported value ``name``."""
+    return [values[name] for run in _finished(variant) if name in (values := _run_values(variant, run))]
+
+
+def _seed_field(variant: Mapping[str, Any], key: str) -> list[float]:
+    """One number per finished run that has run field ``key`` (``train_seconds``, ...)."""
+    numbers = [_number(run, key, f"variant '{variant['name']}' seed {run['seed']}") for run in _finished(variant)]
+    return [x for x in numbers if x is not None]
+
+
+def summarize(results: dict) -> list[dict]:
+    """One row per variant, in the benchmark's order.
+
+    Each row: ``variant`` (name), ``label``, ``runs`` (count per status; ``done``,
+    ``failed`` and ``pending`` always present), ``total_runs``, ``values`` (for every
+    value name: ``mean``, ``std`` -- sample std, ddof=1, ``None`` for one seed -- and
+    ``n``, the finished runs with that value), and the means over finished runs of
+    ``train_seconds``, ``img_per_s`` and ``peak_mem_gib`` (``None`` when no finished
+    run has one). Failed and pending runs count in ``runs`` only.
+    """
+    names = _value_names(results)
+    rows = []
+    for variant in _variants(results):
+        runs = {"done": 0, "failed": 0, "pending": 0}
+        for run in variant["runs"]:
+            runs[str(run["status"])] = runs.get(str(run["status"]), 0) + 1
+        values = {}
+        for name in names:
+            numbers = _seed_values(variant, name)
+            mean, std = _mean_std(numbers)
+            values[name] = {"mean": mean, "std": std, "n": len(numbers)}
+        row = {"variant": variant["name"], "label": _label(variant), "runs": runs, "total_runs": len(variant["runs"]), "values": values}
+        for key in ("train_seconds", "img_per_s", "peak_mem_gib"):
+            row[key] = _mean_std(_seed_field(variant, key))[0]
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------
+
+
+def format_number(x: float | None) -> str:
+    """Three significant digits; scientific notation for very small or large numbers."""
+    if x is None:
+        return "—"
+    if not math.isfinite(x):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if x == 0:
+        return "0"
+    size = abs(x)
+    if size < 1e-3 or size >= 1e6:
+        return f"{x:.2e}"
+    if size >= 999.5:  # '.3g' would write 1234 as 1.23e+03
+        return f"{x:.0f}"
+    return f"{x:.3g}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``4.2s``, ``45s``, ``3m 10s``, ``2h 05m``."""
+    if seconds is None or not math.isfinite(seconds):
+        return format_number(seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes == 0:
+        return f"{secs}s"
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _md(text: Any) -> str:
+    """Text that cannot break a table row or turn into markup."""
+    text = " ".join(str(text).split())  # a newline would end the table row
+    text = re.sub(r"([\\`*\[\]<>|])", r"\\\1", text)
+    return re.sub(r"(?<!\w)_|_(?!\w)", r"\_", text)  # intraword '_' (stylegan2_ada) is never emphasis
+
+
+def _link(path: str) -> str:
+    return quote(str(path).replace("\\", "/"), safe="/")
+
+
+def _options(options: Mapping[str, Any] | None) -> str:
+    return ", ".join(f"{key}={value}" for key, value in (options or {}).items())
+
+
+def _metric_ref(ref: Any) -> str:
+    if isinstance(ref, Mapping):
+        rest = {k: v for k, v in ref.items() if k != "name"}
+        return f"{ref.get('name')} ({_options(rest)})" if rest else str(ref.get("name"))
+    return str(ref)
+
+
+def _direction(info: Mapping[str, Any]) -> str:
+    higher = info.get("higher_is_better")
+    return "" if higher is None else (" ↑" if higher else " ↓")
+
+
+def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, higher: bool | None) -> set[int]:
+    """Indices of the rows with the best finite mean (all of them on a tie); none with fewer than two to compare."""
+    means = {i: row["values"][name]["mean"] for i, row in enumerate(rows)}
+    finite = {i: m for i, m in means.items() if m is not None and math.isfinite(m)}
+    if higher is None or len(finite) < 2:
+        return set()
+    best = max(finite.values()) if higher else min(finite.values())
+    return {i for i, m in finite.items() if m == best}
+
+
+def _cell(stats: Mapping[str, Any], bold: bool) -> str:
+    if stats["mean"] is None:
+        return "—"
+    text = format_number(stats["mean"]) if stats["std"] is None else f"{format_number(stats['mean'])} ± {format_number(stats['std'])}"
+    return f"**{text}**" if bold else text
+
+
+def _runs_cell(row: Mapping[str, Any]) -> str:
+    parts = [f"{row['runs']['done']}/{row['total_runs']} done"]
+    parts += [f"{count} {status}" for status, count in row["runs"].items() if status != "done" and count]
+    return ", ".join(parts)
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+# ---------------------------------------------------------------------------
+# Plots (matplotlib's Figure directly: no pyplot state, no GUI backend)
+# ---------------------------------------------------------------------------
+
+
+def _plot_name(name: str, taken: set[str]) -> str:
+    """A file stem made of letters, digits, '_', '-', '.', unique (case-insensitively) among ``taken``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "value"
+    candidate, i = stem, 2
+    while candidate.lower() in taken:
+        candidate, i = f"{stem}-{i}", i + 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _mpl(text: str, width: int = 40) -> str:
+    """Plain text for matplotlib: '$' would start mathtext; long labels are cut."""
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("$", r"\$")
+
+
+def _bar_axes(axes, labels: Sequence[str], numbers: Sequence[Sequence[float]], title: str, ylabel: str) -> None:
+    """A bar per variant at the mean, std error bars, one point per seed on top."""
+    for i, seeds in enumerate(numbers):
+        mean, std = _mean_std(seeds)  # as in the table: a non-finite seed leaves no bar
+        if mean is not None and math.isfinite(mean):
+            axes.bar(i, mean, width=0.6, color=f"C{i % 10}", alpha=0.55, yerr=std, capsize=4, ecolor="0.25")
+        finite = [x for x in seeds if math.isfinite(x)]
+        if len(finite) < len(seeds):
+            axes.text(i, 0.02, f"{len(seeds) - len(finite)} non-finite", transform=axes.get_xaxis_transform(), ha="center", fontsize=8)
+        spread = [-0.15 + 0.3 * k / (len(finite) - 1) for k in range(len(finite))] if len(finite) > 1 else [0.0] * len(finite)
+        axes.scatter([i + dx for dx in spread], finite, s=16, color="black", zorder=3)
+    axes.set_xlim(-0.6, len(labels) - 0.4)  # the same margins with or without bars
+    axes.set_xticks(range(len(labels)), [_mpl(label) for label in labels], rotation=30, ha="right")
+    axes.set_title(_mpl(title, 60), fontsize=10)
+    axes.set_ylabel(_mpl(ylabel))
+    axes.grid(axis="y", alpha=0.3)
+
+
+def _bar_figure(path: Path, labels: Sequence[str], panels: Sequence[tuple[Sequence[Sequence[float]], str, str]]) -> None:
+    """One PNG with a bar panel per (numbers, title, ylabel), at most three panels a row."""
+    from matplotlib.figure import Figure
+
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    width = max(4.0, 1.0 + 0.9 * len(labels))
+    figure = Figure(figsize=(width * columns, 3.8 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes, (numbers, title, ylabel) in zip(grid.flat, panels):
+        _bar_axes(axes, labels, numbers, title, ylabel)
+    for axes in list(grid.flat)[len(panels):]:
+        axes.set_visible(False)
+    figure.savefig(path, dpi=100)
+
+
+def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[tuple[str, str]]:
+    """Write ``out_dir/plots/``: one PNG per metric (a panel per value), and train_time.png.
+
+    A value gets a panel when a finished run has a finite number for it; spreads that a
+    metric reports about itself (``..._std``) are left to the table. Returns (caption,
+    link relative to ``out_dir``) pairs in report order; nothing when no run finished.
+    """
+    plots_dir = out_dir / PLOTS_DIR
+    variants = _variants(results)
+    labels = [_label(v) for v in variants]
+    taken = {TRAIN_TIME_PLOT}
+    figures = []
+    for metric, names in _groups(results, _value_names(results)):
+        panels = []
+        shown = [name for name in names if not name.endswith("_std")] or names
+        for name in shown:
+            numbers = [_seed_values(v, name) for v in variants]
+            if not any(math.isfinite(x) for seeds in numbers for x in seeds):
+                continue
+            higher = _value_info(results, name).get("higher_is_better")
+            title = name if higher is None else f"{name} ({'higher' if higher else 'lower'} is better)"
+            panels.append((numbers, title, name))
+        if panels:
+            figures.append((metric, plots_dir / f"{_plot_name(metric, taken)}.png", panels))
+    seconds = [_seed_field(v, "train_seconds") for v in variants]
+    if any(seconds):
+        figures.append(("train time", plots_dir / f"{TRAIN_TIME_PLOT}.png", [(seconds, "training time per run", "train seconds")]))
+    if figures:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+    for _, path, panels in figures:
+        _bar_figure(path, labels, panels)
+    return [(caption, path.relative_to(out_dir).as_posix()) for caption, path, _ in figures]
+
+
+# ---------------------------------------------------------------------------
+# report.md and results.csv
+# ---------------------------------------------------------------------------
+
+
+def _overview(results: Mapping[str, Any]) -> str:
+    data = results.get("data") or {}
+    parts = [f"Dataset `{data.get('format', '?')}`" + (f" from `{data['source']}`" if data.get("source") else "")]
+    if "num_train" in data:
+        parts.append(f"{data['num_train']} training / {data.get('num_held_out', '?')} held-out images")
+    if "resolution" in data:
+        parts.append(f"{data['resolution']}×{data['resolution']} px, {data.get('channels', '?')} channel(s)")
+    classes = data.get("class_names") or []
+    parts.append("classes: " + ", ".join(map(_md, classes)) if classes else "unlabelled")
+    text = "; ".join(parts) + "."
+    run_parts = [f"Budget {results['budget_kimg']:g} kimg per run"] if results.get("budget_kimg") is not None else []
+    seeds = results.get("seeds") or sorted({run["seed"] for v in _variants(results) for run in v["runs"]})
+    run_parts.append(f"seeds {', '.join(map(str, seeds))}")
+    if results.get("synthetic_images"):
+        run_parts.append(f"{results['synthetic_images']} synthetic images per run for the metrics")
+    text += " " + "; ".join(run_parts) + "."
+    if results.get("created"):
+        text += f" Created {results['created']}."
+    environment = results.get("environment") or {}
+    if environment:
+        text += " Environment: " + ", ".join(f"{key} {_md(value)}" for key, value in environment.items()) + "."
+    return text
+
+
+def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
+                 extra: bool) -> list[str]:
+    """Variants x values (mean ± std, best bold); ``extra`` adds runs, train time, img/s (and peak mem)."""
+    header = ["variant"] + [f"{_md(n)}{_direction(infos[n])}{' †' if infos[n].get('dataset_specific') else ''}" for n in names]
+    show_memory = extra and any(row["peak_mem_gib"] is not None for row in rows)  # GPU runs report it, CPU runs do not
+    header += (["runs", "train time", "img/s"] + (["peak mem"] if show_memory else [])) if extra else []
+    best = {name: _best_rows(rows, name, infos[name].get("higher_is_better")) for name in names}
+    body = []
+    for i, row in enumerate(rows):
+        cells = [_md(row["label"])] + [_cell(row["values"][n], i in best[n]) for n in names]
+        if extra:
+            cells += [_runs_cell(row), format_duration(row["train_seconds"]), format_number(row["img_per_s"])]
+            cells += [f"{format_number(row['peak_mem_gib'])} GiB" if row["peak_mem_gib"] is not None else "—"] if show_memory else []
+        body.append(cells)
+    return _table(header, body)
+
+
+def _results_section(results: Mapping[str, Any]) -> list[str]:
+    """One table when there is one metric; else runs and cost first, then a table per metric."""
+    rows = summarize(results)
+    names = _value_names(results)
+    infos = {name: _value_info(results, name) for name in names}
+    groups = _groups(results, names)
+    lines = ["## Results", ""]
+    if len(groups) <= 1:
+        lines += _value_table(rows, names, infos, extra=True)
+    else:
+        lines += _value_table(rows, [], infos, extra=True)
+        for metric, members in groups:
+            lines += ["", f"### {_md(metric)}", ""] + _value_table(rows, members, infos, extra=False)
+    lines += ["", "↓ lower is better, ↑ higher is better. Cells: mean ± sample standard deviation over the finished seeds "
+              "(the mean alone with one seed; — when no finished run has the value); **bold**: the best mean. "
+              "Train time and img/s: mean over finished runs."]
+    if any(infos[n].get("dataset_specific") for n in names):
+        lines += ["", f"† {DAGGER_NOTE}."]
+    return lines
+
+
+def _settings_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
+    header = ["variant", "generator", "regularizers", "settings", "batch size", "precision", "sample options"]
+    body = [
+        [_label(v), v.get("generator", "—"), ", ".join(v.get("regularizers") or []) or "—", _options(v.get("settings")) or "base config",
+         v.get("batch_size", "—"), v.get("precision", "—"), _options(v.get("sample_options")) or "—"]
+        for v in variants
+    ]
+    return ["## Settings", ""] + _table(header, [[_md(cell) for cell in cells] for cells in body])
+
+
+def _plots_section(plots: Sequence[tuple[str, str]]) -> list[str]:
+    if not plots:
+        return ["## Plots", "", "No finished run yet: nothing to plot."]
+    lines = ["## Plots", ""]
+    for caption, link in plots:
+        lines += [f"![{_md(caption)}]({_link(link)})", ""]
+    return lines + ["Bars: mean over finished seeds, error bars: std, points: one per seed."]
+
+
+def _samples_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
+    grids = [(_md(_label(v)), v["grid"]) for v in variants if v.get("grid")]
+    if not grids:
+        return []
+    lines = ["## Samples", "", "The same seeds and class labels for every variant."]
+    for label, grid in grids:
+        lines += ["", f"### {label}", "", f"![{label} samples]({_link(grid)})"]
+    return lines
+
+
+def _problems_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    for variant in variants:
+        for run in variant["runs"]:
+            where = f"{_md(_label(variant))}, seed {run['seed']} (" + (f"`{run['run_dir']}`" if run.get("run_dir") else "no run folder") + ")"
+            if run["status"] == "failed":
+                lines.append(f"- failed: {where}: {_md(run.get('error') or 'no error message')}")
+            elif run["status"] == "pending":
+                lines.append(f"- pending: {where}: not trained yet")
+            elif run["status"] != "done":
+                lines.append(f"- {_md(run['status'])}: {where}")
+    return ["## Failures and pending runs", ""] + lines if lines else []
+
+
+def _notes_section(results: Mapping[str, Any]) -> list[str]:
+    data = results.get("data") or {}
+    metrics = "; ".join(_metric_ref(ref) for ref in results.get("metrics") or []) or "none"
+    budget = f"{results['budget_kimg']:g} kimg budget" if results.get("budget_kimg") is not None else "budget"
+    sampling = f" (first seed {results['sampling_seed']})" if results.get("sampling_seed") is not None else ""
+    lines = ["## Notes", ""] + [f"- {' '.join(str(note).split())}" for note in results.get("notes") or []]
+    return lines + [
+        f"- Every run uses the same data split (split id `{data.get('split_id', '?')}`), the same {budget}, "
+        f"the same number of synthetic images ({results.get('synthetic_images', '?')}) sampled from the same seeds{sampling} "
+        f"with the training set's class balance, and the same metric settings ({_md(metrics)}).",
+        "- Only finished runs enter the means and plots; failed and pending runs are listed above.",
+        f"- Reproduce: `raresynth bench {results.get('config_file') or 'CONFIG'}`.",
+    ]
+
+
+def render_report(results: Mapping[str, Any], plots: Sequence[tuple[str, str]] = ()) -> str:
+    """The text of report.md; ``plots`` are (caption, link relative to the report) pairs."""
+    variants = _variants(results)
+    sections = [
+        [f"# Benchmark: {_md(results.get('name', 'unnamed'))}", "", _overview(results)],
+        _results_section(results),
+        _settings_section(variants),
+        _plots_section(plots),
+        _samples_section(variants),
+        _problems_section(variants),
+        _notes_section(results),
+    ]
+    return "\n\n".join("\n".join(lines) for lines in sections if lines) + "\n"
+
+
+def csv_rows(results: Mapping[str, Any]) -> list[list[Any]]:
+    """The tidy table (header first): one row per (run, value) that a run reported, whatever its status."""
+    rows: list[list[Any]] = [list(CSV_FIELDS)]
+    names = _value_names(results)
+    for variant in _variants(results):
+        for run in variant["runs"]:
+            values = _run_values(variant, run)
+            for name in (n for n in names if n in values):
+                info = _value_info(results, name)
+                higher = info.get("higher_is_better")
+                rows.append([variant["name"], run["seed"], run["status"], name, repr(values[name]),
+                             "" if higher is None else str(bool(higher)).lower(), str(bool(info.get("dataset_specific"))).lower()])
+    return rows
+
+
+def write_report(results: dict, out_dir: Path) -> Path:
+    """Write ``report.md``, ``results.csv`` and ``plots/*.png`` into ``out_dir``; return the report's path.
+
+    Overwrites only these files (the harness's own outputs); other files in
+    ``out_dir`` and ``plots/`` stay. The same results give the same report.md.
+    Malformed results raise :class:`RaresynthError` before any file is written.
+    """
+    out_dir = Path(out_dir)
+    summarize(results)  # checks the structure and every finished run's numbers
+    rows = csv_rows(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / CSV_FILE, "w", newline="", encoding="utf-8") as file:
+        csv.writer(file).writerows(rows)
+    plots = write_plots(results, out_dir)
+    report = out_dir / REPORT_FILE
+    report.write_text(render_report(results, plots), encoding="utf-8")
+    return report

@@ -1,0 +1,304 @@
+"""The benchmark harness: variants and sweeps, fairness checks, resumability, failures, results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import raresynth.benchmark as bench
+from raresynth import ConfigError, RunDirError
+from raresynth.benchmark import default_metrics, expand_variants, load_benchmark, prepare_benchmark, run_benchmark
+from raresynth.checkpoint import list_checkpoints
+from raresynth.cli import main
+from raresynth.config import DataConfig
+from raresynth.data import load_dataset
+from raresynth.training import load_run_generator, synthetic_like_train
+
+
+def write_benchmark(tmp_path, **changes):
+    """A benchmark of the toy backend on 24 embedded crops at 16x16; ``changes`` replace top-level keys."""
+    config = {
+        "name": "toy benchmark",
+        "out_dir": str(tmp_path / "out"),
+        "seeds": [0, 1],
+        "base": {
+            "data": {"format": "embedded", "resolution": 16, "channels": 1,
+                     "format_options": {"train_per_class": 8, "held_out_per_class": 4, "crop_size": 32}},
+            "budget": {"kimg": 0.064},
+            "batch_size": 8,
+            "schedule": {"tick_kimg": 0.032, "snapshot_kimg": 0.032, "keep_checkpoints": 1, "grid_size": 4},
+        },
+        "variants": {
+            "toy": {"generator": {"name": "toy"}},
+            "lr_sweep": {"generator": {"name": "toy"}, "sweep": {"generator.lr": [0.01, 0.2]}},
+        },
+        "metrics": ["mean_gap"],
+        "synthetic_images": 12,
+    }
+    config.update(changes)
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def quiet(message):  # the harness's progress lines
+    pass
+
+
+def run(path, registry, *overrides, **options):
+    return run_benchmark(prepare_benchmark(path, overrides, registry=registry, rerun=options.pop("rerun", ())),
+                         progress_bar=False, log=quiet, **options)
+
+
+def runs_of(results):
+    return {(variant["name"], r["seed"]): r for variant in results["variants"] for r in variant["runs"]}
+
+
+def count_calls(monkeypatch, name):
+    """Wrap ``raresynth.benchmark.<name>`` and record each call's keyword arguments."""
+    calls = []
+    original = getattr(bench, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bench, name, wrapper)
+    return calls
+
+
+# -- reading the config ---------------------------------------------------------
+
+
+def test_a_sweep_is_one_config_line_per_value(tmp_path, registry):
+    path = write_benchmark(tmp_path, variants={
+        "r1_sweep": {"generator": {"name": "stylegan2_ada"}, "regularizers": ["r1"],
+                     "sweep": {"regularizers.0.gamma": [0.01, 0.1, 1.0]}},
+    }, seeds=[0, 1])
+    benchmark = prepare_benchmark(path, registry=registry)
+    assert [v.label for v in benchmark.variants] == ["r1_sweep (gamma=0.01)", "r1_sweep (gamma=0.1)", "r1_sweep (gamma=1.0)"]
+    assert len({v.name for v in benchmark.variants}) == 3
+    gammas = [(run.config.regularizers[0].params["gamma"], run.seed) for run in benchmark.runs]
+    assert gammas == [(g, s) for g in (0.01, 0.1, 1.0) for s in (0, 1)]
+    assert len({run.run_dir for run in benchmark.runs}) == 6
+    assert all(run.config.data == benchmark.runs[0].config.data and run.config.budget.kimg == 0.064 for run in benchmark.runs)
+    assert benchmark.variants[1].settings["regularizers.0.gamma"] == 0.1
+
+
+def test_variant_options_merge_with_base_unless_the_backend_changes(tmp_path):
+    base_generator = {"name": "stylegan2_ada", "z_dim": 64, "channel_max": 32}
+    path = write_benchmark(tmp_path, base={**yaml.safe_load(write_benchmark(tmp_path).read_text())["base"], "generator": base_generator},
+                           variants={"no_ada": {"generator": {"augment": "none"}}, "ddpm": {"generator": {"name": "ddpm"}}})
+    no_ada, ddpm = expand_variants(load_benchmark(path))
+    assert no_ada.config["generator"] == {**base_generator, "augment": "none"}
+    assert ddpm.config["generator"] == {"name": "ddpm"}  # stylegan2 options mean nothing to ddpm
+
+
+@pytest.mark.parametrize("field", ["data", "budget", "seed", "run_dir", "metrics"])
+def test_a_variant_cannot_change_what_must_be_equal(tmp_path, registry, field):
+    path = write_benchmark(tmp_path, variants={"unfair": {"generator": "toy", field: {"kimg": 9} if field == "budget" else 1}})
+    with pytest.raises(ConfigError, match=rf"variants\.unfair\.{field}: a variant may not set it; .*(base|top-level|harness)"):
+        prepare_benchmark(path, registry=registry)
+
+
+def test_base_cannot_hold_per_run_fields(tmp_path, registry):
+    config = yaml.safe_load(write_benchmark(tmp_path).read_text())
+    path = write_benchmark(tmp_path, base={**config["base"], "seed": 3})
+    with pytest.raises(ConfigError, match=r"bench\.yaml: base\.seed: .*top-level 'seeds'"):
+        prepare_benchmark(path, registry=registry)
+
+
+def test_every_bad_variant_is_reported_before_anything_runs(tmp_path, registry):
+    path = write_benchmark(tmp_path, variants={
+        "typo": {"generator": {"name": "toy", "lrr": 0.1}},
+        "unknown": {"generator": "stylegan3"},
+        "bad_sample": {"generator": "toy", "sample": {"scale": "big"}},
+    })
+    with pytest.raises(ConfigError) as error:
+        prepare_benchmark(path, registry=registry)
+    message = str(error.value)
+    assert "variant 'typo': generator.lrr: unknown field" in message and "Did you mean 'lr'" in message
+    assert "variant 'unknown': generator.name: unknown generator 'stylegan3'" in message
+    assert "variants.bad_sample.sample.scale" in message
+    assert all(line.startswith(str(path)) for line in message.splitlines())
+    assert not (tmp_path / "out").exists()
+
+
+def test_metric_names_and_options_are_checked_up_front(tmp_path, registry):
+    path = write_benchmark(tmp_path, metrics=["mean_gapp"])
+    with pytest.raises(ConfigError, match=r"metrics\.0\.name: unknown metric 'mean_gapp'.*Did you mean 'mean_gap'"):
+        prepare_benchmark(path, registry=registry)
+    path = write_benchmark(tmp_path, metrics=["swd"], metric_options={"swd": {"repeatz": 2}})
+    with pytest.raises(ConfigError, match=r"metric_options\.swd\.repeatz: unknown field.*Did you mean 'repeats'"):
+        prepare_benchmark(path, registry=registry)
+    path = write_benchmark(tmp_path, metrics=["swd"], metric_options={"utility": {"seeds": 2}})
+    with pytest.raises(ConfigError, match=r"metric_options\.utility: 'utility' is not in the benchmark's metrics list"):
+        prepare_benchmark(path, registry=registry)
+
+
+def test_default_metrics_need_no_download_and_use_frd_when_installed(registry):
+    labelled = [ref.name for ref in default_metrics(2, registry)]
+    unlabelled = [ref.name for ref in default_metrics(0, registry)]
+    assert {"swd", "ms_ssim", "fid", "prdc", "memorization"} <= set(unlabelled)
+    assert "utility" in labelled and "utility" not in unlabelled
+    assert ("frd" in labelled) == ("frd" in registry.names("metric"))
+    fid = next(ref for ref in default_metrics(2, registry) if ref.name == "fid")
+    assert fid.params["embedding"] == "domain"  # the Inception weights are a download
+
+
+# -- running --------------------------------------------------------------------
+
+
+def test_benchmark_trains_every_variant_and_seed_and_measures_them_alike(tmp_path, registry, one_thread):
+    path = write_benchmark(tmp_path)
+    results = run(path, registry)
+    out = tmp_path / "out"
+    runs = runs_of(results)
+    assert set(runs) == {(name, seed) for name in ("toy", "lr_sweep--lr-0.01", "lr_sweep--lr-0.2") for seed in (0, 1)}
+    assert all(r["status"] == "done" and r["kimg"] >= 0.064 and r["train_seconds"] > 0 for r in runs.values())
+
+    # Every run saw the same split; every value is what the metric gives on that run's synthetic set.
+    splits = {(out / r["run_dir"] / "split.json").read_text() for r in runs.values()}
+    assert len(splits) == 1
+    data = load_dataset(DataConfig(**yaml.safe_load(path.read_text())["base"]["data"]), registry)
+    metric = registry.metric("mean_gap")(registry.metric("mean_gap").Params(), data.spec)
+    for (name, seed), record in runs.items():
+        generator, config, _, _ = load_run_generator(out / record["run_dir"], registry=registry)
+        assert config.seed == seed
+        synthetic = synthetic_like_train(generator, data, 12, first_seed=1_000_000)
+        assert record["values"]["mean_gap"] == pytest.approx(metric.compute(data.train, data.held_out, synthetic)[0].value, abs=1e-7)
+    learning_rates = {name: config for name, config in [(v["name"], v["settings"].get("generator.lr")) for v in results["variants"]]}
+    assert learning_rates == {"toy": None, "lr_sweep--lr-0.01": 0.01, "lr_sweep--lr-0.2": 0.2}
+    # Different learning rates, different generators: the sweep is not a no-op.
+    assert runs[("lr_sweep--lr-0.01", 0)]["values"]["mean_gap"] != runs[("lr_sweep--lr-0.2", 0)]["values"]["mean_gap"]
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["values"]["mean_gap"] == {"metric": "mean_gap", "higher_is_better": False, "dataset_specific": False}
+    assert saved["data"]["num_train"] == 16 and saved["data"]["split_id"] == results["data"]["split_id"]
+    report = (out / "report.md").read_text()
+    assert "lr_sweep (lr=0.2)" in report and "mean_gap ↓" in report
+    assert all((out / variant["grid"]).is_file() for variant in results["variants"])
+
+
+def test_running_again_reuses_finished_runs_and_a_higher_budget_continues_them(tmp_path, registry, monkeypatch, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}})
+    first = runs_of(run(path, registry))
+    trains, measures = count_calls(monkeypatch, "train"), count_calls(monkeypatch, "measure")
+    again = runs_of(run(path, registry))
+    assert trains == [] and measures == []
+    assert {key: r["values"] for key, r in again.items()} == {key: r["values"] for key, r in first.items()}
+
+    longer = runs_of(run(path, registry, "base.budget.kimg=0.128"))
+    assert [call["resume"] for call in trains] == [True, True]
+    assert len(measures) == 2  # new weights, new measurement
+    for key, record in longer.items():
+        assert record["kimg"] >= 0.128
+        assert list_checkpoints(tmp_path / "out" / record["run_dir"] / "checkpoints")[-1].name == "checkpoint-000000128.safetensors"
+        assert record["values"]["mean_gap"] != first[key]["values"]["mean_gap"]
+
+
+def test_changed_metric_settings_measure_again_without_training(tmp_path, registry, monkeypatch, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}}, seeds=[0])
+    run(path, registry)
+    trains, measures = count_calls(monkeypatch, "train"), count_calls(monkeypatch, "measure")
+    results = run(path, registry, "synthetic_images=8", "metrics=[mean_gap, swd]")
+    assert trains == [] and len(measures) == 1
+    assert {"mean_gap", "swd"} <= set(runs_of(results)[("toy", 0)]["values"])
+
+
+def test_an_interrupted_benchmark_resumes_where_it_stopped(tmp_path, registry, monkeypatch, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}})
+    original = bench.train
+    started = []
+
+    def train_then_interrupt(config, **kwargs):
+        started.append(config.seed)
+        if len(started) == 2:
+            raise KeyboardInterrupt
+        return original(config, **kwargs)
+
+    monkeypatch.setattr(bench, "train", train_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(path, registry)
+    monkeypatch.setattr(bench, "train", original)
+    trains = count_calls(monkeypatch, "train")
+    results = run(path, registry)
+    assert len(trains) == 1  # only seed 1: seed 0 had finished
+    assert all(r["status"] == "done" for r in runs_of(results).values())
+
+
+def test_a_failing_run_is_recorded_and_the_others_go_on(tmp_path, registry, capsys, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}, "diverges": {"generator": {"name": "toy", "nan_at_step": 2}}},
+                           seeds=[0])
+    code = main(["bench", str(path), "--no-progress"])
+    assert code == 1
+    assert "1 run(s) failed: diverges seed 0" in capsys.readouterr().err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    runs = runs_of(results)
+    assert runs[("toy", 0)]["status"] == "done" and "mean_gap" in runs[("toy", 0)]["values"]
+    failed = runs[("diverges", 0)]
+    assert failed["status"] == "failed" and "loss is nan" in failed["error"] and failed["values"] == {}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Failures and pending runs" in report and "loss is nan" in report
+
+
+def test_changed_variant_settings_are_refused_unless_rerun(tmp_path, registry, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": {"name": "toy", "lr": 0.05}}}, seeds=[0])
+    first = runs_of(run(path, registry))
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": {"name": "toy", "lr": 0.1}}}, seeds=[0])
+    with pytest.raises(RunDirError, match=r"other settings than the benchmark now asks for \(generator\.lr: 0\.05 -> 0\.1\); .*--rerun toy"):
+        prepare_benchmark(path, registry=registry)
+    again = runs_of(run(path, registry, rerun=["toy"]))
+    run_dir = tmp_path / "out" / again[("toy", 0)]["run_dir"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["generator"]["lr"] == 0.1
+    assert again[("toy", 0)]["values"] != first[("toy", 0)]["values"]
+
+
+def test_only_some_variants_now_the_rest_pending(tmp_path, registry, one_thread):
+    path = write_benchmark(tmp_path, seeds=[0])
+    results = run(path, registry, only=["toy"])
+    statuses = {key: r["status"] for key, r in runs_of(results).items()}
+    assert statuses == {("toy", 0): "done", ("lr_sweep--lr-0.01", 0): "pending", ("lr_sweep--lr-0.2", 0): "pending"}
+    assert "pending" in (tmp_path / "out" / "report.md").read_text()
+    results = run(path, registry, only=["lr_sweep"])  # the name before the sweep selects all its values
+    assert all(r["status"] == "done" for r in runs_of(results).values())
+
+
+def test_a_folder_that_is_not_the_harnesss_is_left_alone(tmp_path, registry):
+    path = write_benchmark(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match=r"out: exists and is not a raresynth benchmark folder"):
+        run(path, registry)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+def test_cli_dry_run_lists_what_each_run_needs(tmp_path, registry, capsys, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}})
+    assert main(["bench", str(path), "--dry-run", "seeds=[0]"]) == 0
+    out = capsys.readouterr().out
+    assert "1 variant(s) x 1 seed(s)" in out and "toy  seed 0: train" in out
+    assert not (tmp_path / "out").exists()
+    assert main(["bench", str(path), "--only", "tyo"]) == 2
+    assert "--only tyo: no such variant; variants: toy" in capsys.readouterr().err
+    run(path, registry, "seeds=[0]")
+    assert main(["bench", str(path), "--dry-run", "seeds=[0]"]) == 0
+    assert "trained (0.064 kimg), measured" in capsys.readouterr().out
+    assert main(["bench", str(path), "--dry-run", "seeds=[0]", "synthetic_images=5"]) == 0
+    assert "measured with other settings" in capsys.readouterr().out
+
+
+def test_results_hold_no_tensors_and_survive_report_only(tmp_path, registry, monkeypatch, one_thread):
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}}, seeds=[0])
+    results = run(path, registry)
+    (tmp_path / "out" / "report.md").unlink()
+    trains, measures = count_calls(monkeypatch, "train"), count_calls(monkeypatch, "measure")
+    again = run(path, registry, report_only=True)
+    assert trains == [] and measures == []
+    assert (tmp_path / "out" / "report.md").is_file()
+    assert runs_of(again)[("toy", 0)]["values"] == runs_of(results)[("toy", 0)]["values"]
+    json.dumps(again)  # plain data only
+    assert not any(isinstance(v, torch.Tensor) for v in runs_of(again)[("toy", 0)].values())

@@ -1,0 +1,297 @@
+"""The benchmark report: summary statistics, the markdown table, results.csv, plots."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import re
+import statistics
+
+import pytest
+from PIL import Image
+
+from raresynth import RaresynthError
+from raresynth.report import format_duration, format_number, summarize, write_report
+
+VALUES = {
+    "swd": {"metric": "swd", "higher_is_better": False, "dataset_specific": False},
+    "precision_domain": {"metric": "prdc", "higher_is_better": True, "dataset_specific": True},
+    "copy_rate": {"metric": "memorization", "higher_is_better": False, "dataset_specific": False},
+    "utility_accuracy": {"metric": "utility", "higher_is_better": True, "dataset_specific": False},
+}
+
+
+def run(variant: str, seed: int, status: str = "done", values: dict | None = None, seconds: float = 190.2, error: str | None = None) -> dict:
+    done = status == "done"
+    return {
+        "seed": seed, "run_dir": f"runs/{variant}/seed-{seed}", "status": status, "error": error,
+        "kimg": 8.0 if done else (3.2 if status == "failed" else None),
+        "train_seconds": seconds if status != "pending" else None, "img_per_s": 4000 / seconds if status != "pending" else None,
+        "peak_mem_gib": None, "metrics_seconds": 31.0 if done else None, "values": values or {},
+    }
+
+
+def variant(name: str, label: str, runs: list[dict], **settings) -> dict:
+    return {
+        "name": name, "label": label, "generator": name.split("[")[0], "regularizers": ["r1(gamma=auto)"],
+        "settings": settings, "batch_size": 32, "precision": "no", "sample_options": {"truncation": 1.0},
+        "grid": f"grids/{name}.png", "runs": runs,
+    }
+
+
+def make_results() -> dict:
+    """Three variants x three seeds: a failed and a pending run, a value only some runs have.
+
+    Best swd (lower) is r1_sweep, which has neither the largest nor the first mean;
+    best precision_domain (higher) is ddpm; utility_accuracy only stylegan2_ada seed 0 and ddpm have.
+    """
+    return {
+        "name": "embedded-32 demo", "created": "2026-11-22T14:03:00+00:00", "config_file": "benchmarks/default.yaml",
+        "environment": {"raresynth": "0.1.0", "torch": "2.14.1", "python": "3.11.9", "device": "CPU x86_64 x 2 threads"},
+        "data": {"format": "embedded", "source": None, "resolution": 32, "channels": 3, "class_names": ["fundus", "histology"],
+                 "num_train": 300, "num_held_out": 60, "split_id": "3f2a9c1e0b7d"},
+        "budget_kimg": 8.0, "seeds": [0, 1, 2], "synthetic_images": 300, "sampling_seed": 1000000,
+        "metrics": [{"name": "swd"}, {"name": "prdc", "embedding": "domain"}, {"name": "memorization"}, {"name": "utility"}],
+        "notes": ["frd is not installed: pip install 'raresynth[frd]' to add the Fréchet Radiomics Distance"],
+        "values": copy.deepcopy(VALUES),
+        "variants": [
+            variant("stylegan2_ada", "stylegan2_ada", [
+                run("stylegan2_ada", 0, values={"swd": 41.7, "precision_domain": 0.61, "copy_rate": 0.0, "utility_accuracy": 0.71}),
+                run("stylegan2_ada", 1, values={"swd": 45.2, "precision_domain": 0.58, "copy_rate": 0.0}, seconds=185.0),
+                run("stylegan2_ada", 2, values={"swd": 39.9, "precision_domain": 0.64, "copy_rate": 0.0033}, seconds=201.5),
+            ]),
+            variant("r1_sweep[gamma=0.1]", "r1_sweep | gamma=0.1", [
+                run("r1_sweep[gamma=0.1]", 0, values={"swd": 30.1, "precision_domain": 0.52, "copy_rate": 0.0067}),
+                run("r1_sweep[gamma=0.1]", 1, "failed", seconds=80.0, error="training stopped at 3.2 kimg: loss is nan; lower the learning rate"),
+                run("r1_sweep[gamma=0.1]", 2, values={"swd": 33.4, "precision_domain": 0.55, "copy_rate": 0.01}, seconds=230.0),
+            ], **{"regularizers.0.gamma": 0.1}),
+            variant("ddpm", "ddpm (dpm++ 25 steps)", [
+                run("ddpm", 0, values={"swd": 52.0, "precision_domain": 0.80, "copy_rate": 0.02, "utility_accuracy": 0.66}, seconds=3700.0),
+                run("ddpm", 1, values={"swd": 55.5, "precision_domain": 0.78, "copy_rate": 0.0133, "utility_accuracy": 0.69}, seconds=3820.0),
+                run("ddpm", 2, "pending"),
+            ], **{"generator.sampler": "dpm++"}),
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """The report of make_results(), written once for the module (plots take a moment)."""
+    out = tmp_path_factory.mktemp("bench")
+    report = write_report(make_results(), out)
+    return out, report.read_text()
+
+
+def cells(line: str) -> list[str]:
+    """A markdown table row's cells, split on unescaped '|'."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def results_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table of the Results section, parsed."""
+    blocks = section(text, "Results").split("\n\n")
+    return [[cells(line) for line in block.strip().splitlines()] for block in blocks if block.strip().startswith("|")]
+
+
+def results_table(text: str) -> list[list[str]]:
+    """The Results tables as one: variant, every metric's columns, then runs / train time / img/s (/ peak mem)."""
+    overview, *per_metric = results_tables(text)
+    return [[row[0]] + [cell for table in per_metric for cell in table[i][1:]] + row[1:] for i, row in enumerate(overview)]
+
+
+def section(text: str, heading: str) -> str:
+    return text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_summarize_means_and_stds_match_statistics():
+    results = make_results()
+    rows = summarize(results)
+    assert [row["variant"] for row in rows] == ["stylegan2_ada", "r1_sweep[gamma=0.1]", "ddpm"]
+    for row, var in zip(rows, results["variants"]):
+        finished = [r for r in var["runs"] if r["status"] == "done"]
+        for name in VALUES:
+            numbers = [r["values"][name] for r in finished if name in r["values"]]
+            stats = row["values"][name]
+            assert stats["n"] == len(numbers)
+            if not numbers:
+                assert stats["mean"] is None and stats["std"] is None
+                continue
+            assert stats["mean"] == pytest.approx(statistics.mean(numbers), rel=1e-12)
+            if len(numbers) == 1:
+                assert stats["std"] is None
+            else:
+                assert stats["std"] == pytest.approx(statistics.stdev(numbers), rel=1e-12)
+        assert row["train_seconds"] == pytest.approx(statistics.mean(r["train_seconds"] for r in finished))
+        assert row["img_per_s"] == pytest.approx(statistics.mean(r["img_per_s"] for r in finished))
+    assert rows[0]["values"]["utility_accuracy"] == {"mean": 0.71, "std": None, "n": 1}
+    assert rows[1]["values"]["utility_accuracy"] == {"mean": None, "std": None, "n": 0}
+    assert rows[1]["runs"] == {"done": 2, "failed": 1, "pending": 0} and rows[2]["runs"] == {"done": 2, "failed": 0, "pending": 1}
+
+
+def test_table_has_arrows_and_bolds_the_best_mean_per_direction(written):
+    _, text = written
+    header, _, *body = results_table(text)
+    assert header[:5] == ["variant", "swd ↓", "precision_domain ↑ †", "copy_rate ↓", "utility_accuracy ↑"]
+    assert header[5:] == ["runs", "train time", "img/s"]
+    column = {name: header.index(title) for name, title in zip(VALUES, header[1:5])}
+    bold = {name: [i for i, row in enumerate(body) if row[column[name]].startswith("**")] for name in VALUES}
+    assert bold == {"swd": [1], "precision_domain": [2], "copy_rate": [0], "utility_accuracy": [0]}
+    rows = summarize(make_results())
+    swd = rows[1]["values"]["swd"]
+    assert body[1][column["swd"]] == f"**{format_number(swd['mean'])} ± {format_number(swd['std'])}**"
+    assert body[0][column["utility_accuracy"]] == "**0.71**"  # one seed: the mean alone
+    assert body[1][column["utility_accuracy"]] == "—"
+    assert [row[-3] for row in body] == ["3/3 done", "2/3 done, 1 failed", "2/3 done, 1 pending"]
+    assert body[0][-2] == format_duration(statistics.mean([190.2, 185.0, 201.5])) == "3m 12s"
+    assert "↓ lower is better, ↑ higher is better" in text and "mean ± sample standard deviation over the finished seeds" in text
+    # One table per metric (after the runs and cost table), so many values stay readable.
+    assert re.findall(r"^### (.+)$", section(text, "Results"), flags=re.M) == ["swd", "prdc", "memorization", "utility"]
+    assert all(table[0][0] == "variant" and len(table) == 5 for table in results_tables(text))
+
+
+def test_a_single_metric_gets_a_single_table(tmp_path):
+    results = make_results()
+    results["values"] = {"swd": VALUES["swd"]}
+    for var in results["variants"]:
+        for r in var["runs"]:
+            r["values"] = {k: v for k, v in r["values"].items() if k == "swd"}
+    text = write_report(results, tmp_path).read_text()
+    (table,) = results_tables(text)
+    assert table[0] == ["variant", "swd ↓", "runs", "train time", "img/s"]
+    assert "###" not in section(text, "Results")
+
+
+def test_dagger_footnote_appears_exactly_with_a_dataset_specific_value(written, tmp_path):
+    _, text = written
+    footnote = "† computed in an embedding trained on this dataset's training split: compare variants within this benchmark only, never across datasets."
+    assert footnote in text
+    results = make_results()
+    results["values"]["precision_domain"]["dataset_specific"] = False
+    plain = write_report(results, tmp_path).read_text()
+    assert "†" not in plain and "embedding trained on this dataset" not in plain
+
+
+def test_sections_in_order_with_failures_pending_and_notes(written):
+    _, text = written
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert text.startswith("# Benchmark: embedded-32 demo\n")
+    assert headings == ["Results", "Settings", "Plots", "Samples", "Failures and pending runs", "Notes"]
+    overview = text.split("\n\n")[1]
+    for fact in ("300 training / 60 held-out", "32×32", "fundus, histology", "8 kimg", "seeds 0, 1, 2", "300 synthetic", "2026-11-22", "torch 2.14.1"):
+        assert fact in overview
+    failures = section(text, "Failures and pending runs").strip().splitlines()
+    assert len(failures) == 2
+    assert "seed 1" in failures[0] and "`runs/r1_sweep[gamma=0.1]/seed-1`" in failures[0]
+    assert "training stopped at 3.2 kimg: loss is nan; lower the learning rate" in failures[0]
+    assert failures[1].startswith("- pending: ddpm (dpm++ 25 steps), seed 2") and "runs/ddpm/seed-2" in failures[1]
+    notes = section(text, "Notes")
+    assert "- frd is not installed" in notes and "split id `3f2a9c1e0b7d`" in notes and "`raresynth bench benchmarks/default.yaml`" in notes
+    settings = [cells(line) for line in section(text, "Settings").strip().splitlines()]
+    assert settings[3][3] == "regularizers.0.gamma=0.1" and settings[2][6] == "truncation=1.0"
+
+
+def test_no_failures_section_when_every_run_finished(tmp_path):
+    results = make_results()
+    results["variants"] = results["variants"][:1]
+    text = write_report(results, tmp_path).read_text()
+    assert "## Failures" not in text
+    assert "**" not in "".join(results_table(text)[2][1:])  # one variant: nothing to compare
+
+
+def test_results_csv_is_tidy_with_one_row_per_finished_run_and_value(written):
+    out, _ = written
+    with open(out / "results.csv", newline="", encoding="utf-8") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["variant", "seed", "status", "value", "number", "higher_is_better", "dataset_specific"]
+    expected = {
+        (var["name"], str(r["seed"]), name): number
+        for var in make_results()["variants"] for r in var["runs"] if r["status"] == "done" for name, number in r["values"].items()
+    }
+    assert len(rows) == len(expected) == 24
+    assert {(row["variant"], row["seed"], row["value"]): float(row["number"]) for row in rows} == expected
+    assert {row["status"] for row in rows} == {"done"}
+    for row in rows:
+        assert row["higher_is_better"] == str(VALUES[row["value"]]["higher_is_better"]).lower()
+        assert row["dataset_specific"] == ("true" if row["value"] == "precision_domain" else "false")
+
+
+def test_every_plot_in_the_report_is_a_png(written):
+    out, text = written
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, "Plots"))
+    assert links == ["plots/swd.png", "plots/prdc.png", "plots/memorization.png", "plots/utility.png", "plots/train_time.png"]
+    for link in links:
+        path = out / link
+        assert path.stat().st_size > 0
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+    samples = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", section(text, "Samples"))
+    assert samples == ["grids/stylegan2_ada.png", "grids/r1_sweep%5Bgamma%3D0.1%5D.png", "grids/ddpm.png"]
+
+
+def test_label_with_a_pipe_does_not_add_a_column(written):
+    _, text = written
+    table = results_table(text)
+    assert len({len(row) for row in table}) == 1
+    assert table[3][0] == r"r1_sweep \| gamma=0.1"
+    settings = [cells(line) for line in section(text, "Settings").strip().splitlines()]
+    assert len({len(row) for row in settings}) == 1
+
+
+def test_write_report_is_deterministic_and_keeps_other_files(written):
+    out, text = written
+    (out / "results.json").write_text("{}")
+    again = write_report(make_results(), out).read_text()
+    assert again == text
+    assert (out / "results.json").read_text() == "{}"
+
+
+def test_unfinished_variants_odd_values_and_safe_plot_names(tmp_path):
+    results = make_results()
+    stylegan2, _, ddpm = results["variants"]
+    stylegan2["runs"][1]["values"]["swd"] = math.nan  # a diverged seed: the mean is nan, never the best
+    results["variants"].append(variant("dcgan", "dcgan *smoke*", [run("dcgan", 0, "failed", error="out of memory"), run("dcgan", 1, "pending")]))
+    results["values"]["fid/inception v3"] = {"higher_is_better": False, "dataset_specific": False}  # no metric: grouped alone
+    ddpm["runs"][0]["values"]["fid/inception v3"] = 0.000123
+    for r in ddpm["runs"][:2]:
+        r["peak_mem_gib"] = 12.5  # a GPU run: the table gains a column
+    text = write_report(results, tmp_path).read_text()
+    header, _, *body = results_table(text)
+    assert len(body) == 4 and body[3][0] == r"dcgan \*smoke\*"
+    assert body[3][1:6] == ["—"] * 5 and body[3][6] == "0/2 done, 1 failed, 1 pending" and body[3][7] == "—"
+    assert body[0][1] == "nan ± nan" and [i for i, row in enumerate(body) if row[1].startswith("**")] == [1]
+    assert header[5] == "fid/inception v3 ↓" and body[2][5] == "1.23e-04"
+    assert header[-1] == "peak mem" and [row[-1] for row in body] == ["—", "—", "12.5 GiB", "—"]
+    plots = re.findall(r"\]\((plots/[^)]+)\)", text)
+    assert "plots/fid_inception_v3.png" in plots
+    for link in plots:
+        assert re.fullmatch(r"plots/[A-Za-z0-9_.-]+\.png", link) and (tmp_path / link).is_file()
+
+
+def test_no_plots_before_any_run_finished(tmp_path):
+    results = make_results()
+    for var in results["variants"]:
+        for r in var["runs"]:
+            r.update(status="pending", values={}, train_seconds=None, img_per_s=None)
+    text = write_report(results, tmp_path).read_text()
+    assert "No finished run yet" in section(text, "Plots") and not (tmp_path / "plots").exists()
+    assert all(row[1:5] == ["—"] * 4 for row in results_table(text)[2:])
+
+
+def test_number_and_duration_formats():
+    assert [format_number(x) for x in (41.73, 0.61, 0.000123, 0.0, 1234.5, 999.7, 2.5e7, math.nan, -math.inf, None)] == [
+        "41.7", "0.61", "1.23e-04", "0", "1234", "1000", "2.50e+07", "nan", "-inf", "—"
+    ]
+    assert [format_duration(s) for s in (4.24, 45.0, 190.2, 3750.0)] == ["4.2s", "45s", "3m 10s", "1h 02m"]
+
+
+def test_malformed_results_name_what_is_missing(tmp_path):
+    results = make_results()
+    del results["variants"][1]["runs"][0]["status"]
+    with pytest.raises(RaresynthError, match=r"variant 'r1_sweep\[gamma=0.1\]' runs\[0\] needs a 'seed' and a 'status'"):
+        write_report(results, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    results = make_results()
+    results["variants"][0]["runs"][0]["values"]["swd"] = "n/a"
+    with pytest.raises(RaresynthError, match="variant 'stylegan2_ada' seed 0: swd is not a number"):
+        summarize(results)
