@@ -44,6 +44,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -60,6 +61,7 @@ from pydantic import Field, field_validator
 from . import __version__
 from . import checkpoint as ckpt
 from .config import (
+    save_config,
     PluginRef,
     RunConfig,
     apply_overrides,
@@ -72,7 +74,7 @@ from .config import (
 )
 from .interfaces import DataSpec
 from .data import Dataset, check_split, load_dataset, load_split
-from .errors import ConfigError, RaresynthError, RunDirError
+from .errors import ConfigError, RaresynthError, RunDirError, TrainingError
 from .features import content_hash
 from .images import save_grid
 from .registry import Registry, get_registry
@@ -444,14 +446,19 @@ def _claim_out_dir(benchmark: Benchmark) -> None:
 
 
 def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: bool = False, progress_bar: bool = True,
-                  log=None) -> dict[str, Any]:
+                  log=None, processes: int = 1) -> dict[str, Any]:
     """Train what is missing, measure what is unmeasured, write results and the report; return the results.
 
     ``only``: variant names (or the name before a sweep's ``--``) to train and measure
     now; the others are reported as they are. ``report_only``: train and measure nothing.
+    ``processes``: train each run on this many processes (one per GPU), launched with
+    torchrun as a child process; 1 trains in this process.
     """
     from .report import write_report
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("raresynth bench runs as one process and launches the training runs itself: start it without "
+                          "torchrun / accelerate launch, and pass --processes N to train each run on N processes (GPUs)")
     log = log or (lambda message: print(f"raresynth bench: {message}", file=sys.stderr, flush=True))
     _claim_out_dir(benchmark)
     config = benchmark.config
@@ -473,12 +480,15 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
             for own in (ERROR_FILE, METRICS_FILE):  # the harness's files: stale once training starts again
                 (run.run_dir / own).unlink(missing_ok=True)
             try:
-                train(run.config, resume=run.state == "resume", overwrite=run.state == "restart", registry=benchmark.registry,
-                      progress_bar=progress_bar)
+                if processes > 1:
+                    train_in_processes(run, processes, progress_bar, log)
+                else:
+                    train(run.config, resume=run.state == "resume", overwrite=run.state == "restart", registry=benchmark.registry,
+                          progress_bar=progress_bar)
                 run.state = "done"
             except RaresynthError as exc:
                 _fail(record, run, exc, log)
-            except (RuntimeError, ValueError) as exc:  # a backend's own error: record it, go on with the others
+            except (RuntimeError, ValueError) as exc:  # a backend's own error (CUDA out of memory...): record it, go on
                 _fail(record, run, exc, log)
             finally:
                 record.update(training_figures(run.run_dir))
@@ -500,6 +510,36 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
     (benchmark.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     write_report(results, benchmark.out_dir)
     return results
+
+
+def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool, log) -> None:
+    """Train one run with ``torchrun --standalone --nproc_per_node processes -m raresynth train``.
+
+    The harness stays one process (it measures and reports); a crash of the training
+    processes fails this run only. Raises :class:`TrainingError` with the run's error line.
+    """
+    config_file = run.run_dir.with_name(run.run_dir.name + ".yaml")  # the run's config, for the child processes
+    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    save_config(run.config, config_file)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "raresynth", "train", str(config_file)]
+    command += ["--resume"] if run.state == "resume" else ["--overwrite"] if run.state == "restart" else []
+    command += [] if progress_bar else ["--no-progress"]
+    try:
+        child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        tail: list[str] = []
+        errors: list[str] = []  # the CLI's one-line errors ("error: ..."), from any rank
+        for line in child.stderr:  # passed through (progress bars); kept for the error message
+            sys.stderr.write(line)
+            tail = (tail + [line.rstrip()])[-40:]
+            if "error: " in line:
+                errors.append(line.split("error: ", 1)[1].strip())
+        code = child.wait()
+    finally:
+        config_file.unlink(missing_ok=True)
+    if code:
+        reason = errors[0] if errors else next((line for line in reversed(tail) if "Error" in line), f"exit code {code}")
+        raise TrainingError(f"training on {processes} processes failed: {reason}")
 
 
 def _fail(record: dict[str, Any], run: PlannedRun, exc: BaseException, log) -> None:
@@ -567,7 +607,7 @@ def measure(run: PlannedRun, dataset: Dataset, metrics, refs: Sequence[PluginRef
 
 def training_figures(run_dir: Path) -> dict[str, Any]:
     """kimg reached, training seconds (summed over resumed sessions), overall img/s and peak memory, from log.jsonl."""
-    figures: dict[str, Any] = {"kimg": 0.0, "train_seconds": None, "img_per_s": None, "peak_mem_gib": None}
+    figures: dict[str, Any] = {"kimg": 0.0, "train_seconds": None, "img_per_s": None, "peak_mem_gib": None, "processes": None}
     try:
         lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
@@ -581,6 +621,7 @@ def training_figures(run_dir: Path) -> dict[str, Any]:
         previous = kimg
         if "peak_mem_gib" in line:
             peak = max(peak or 0.0, float(line["peak_mem_gib"]))
+        figures["processes"] = line.get("processes", figures["processes"])
     figures.update(kimg=previous, train_seconds=seconds if lines else None, peak_mem_gib=peak,
                    img_per_s=previous * 1000 / seconds if seconds > 0 else None)
     return figures

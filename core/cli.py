@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rerun", metavar="A,B", help="retrain these variants from scratch (their earlier runs are replaced)")
     bench.add_argument("--report-only", action="store_true", help="train and measure nothing; rewrite the report from what exists")
     bench.add_argument("--dry-run", action="store_true", help="print what each run needs (train, resume, measure) and exit")
+    bench.add_argument("--processes", type=int, default=1, metavar="N",
+                       help="train each run on N processes, e.g. one per GPU (launched with torchrun; default 1: in this process)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -178,7 +180,10 @@ def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
     if args.dry_run:
         print(plan_text(benchmark), end="")
         return 0
-    results = run_benchmark(benchmark, only=only, report_only=args.report_only, progress_bar=not args.no_progress)
+    if args.processes < 1:
+        raise RaresynthError("--processes must be at least 1")
+    results = run_benchmark(benchmark, only=only, report_only=args.report_only, progress_bar=not args.no_progress,
+                            processes=args.processes)
     failed = [f"{v['label']} seed {r['seed']}" for v in results["variants"] for r in v["runs"] if r["status"] == "failed"]
     print(f"report: {benchmark.out_dir / 'report.md'}")
     if failed:

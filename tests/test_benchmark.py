@@ -302,3 +302,37 @@ def test_results_hold_no_tensors_and_survive_report_only(tmp_path, registry, mon
     assert runs_of(again)[("toy", 0)]["values"] == runs_of(results)[("toy", 0)]["values"]
     json.dumps(again)  # plain data only
     assert not any(isinstance(v, torch.Tensor) for v in runs_of(again)[("toy", 0)].values())
+
+
+@pytest.mark.slow
+def test_runs_train_on_two_processes_and_the_harness_measures_alone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = write_benchmark(tmp_path, variants={"dcgan": {"generator": {"name": "dcgan", "base_channels": 8, "max_channels": 16}}},
+                           metrics=["swd"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "raresynth", "bench", str(path), "--processes", "2", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("measuring") == 2  # two seeds
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    runs = runs_of(results)
+    assert {r["status"] for r in runs.values()} == {"done"} and all("swd" in r["values"] for r in runs.values())
+    assert {r["processes"] for r in runs.values()} == {2}
+    assert not list((tmp_path / "out" / "runs" / "dcgan").glob("*.yaml"))  # the children's config files are cleaned up
+
+    # A failing run on two processes: its error line is recorded, the harness goes on.
+    path = write_benchmark(tmp_path, variants={"odd": {"generator": "dcgan", "batch_size": 7}}, metrics=["swd"], seeds=[0])
+    done = subprocess.run([sys.executable, "-m", "raresynth", "bench", str(path), "--processes", "2", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    failed = runs_of(json.loads((tmp_path / "out" / "results.json").read_text()))[("odd", 0)]
+    assert failed["status"] == "failed" and "batch_size 7 is not divisible by the 2 processes" in failed["error"]
+
+
+def test_the_harness_refuses_to_be_launched_on_several_processes(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="pass --processes N"):
+        run(write_benchmark(tmp_path), registry)
