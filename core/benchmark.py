@@ -316,9 +316,13 @@ def _base_name(variant_name: str) -> str:
 
 
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved or planned run config without the fields a benchmark may change between invocations."""
+    """A saved or planned run config without the fields a benchmark may change between invocations.
+
+    The budget may grow (runs continue), and the schedule (logging, snapshots, grids)
+    does not change what is learned; everything else does, so a change is refused.
+    """
     flat = _flat(config)
-    return {key: value for key, value in flat.items() if key not in ("budget.kimg", "run_dir")}
+    return {key: value for key, value in flat.items() if key not in ("budget.kimg", "run_dir") and not key.startswith("schedule.")}
 
 
 def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:
