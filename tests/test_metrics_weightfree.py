@@ -127,3 +127,31 @@ def test_sets_of_other_shapes_are_refused(plugins, data):
     other = ImageSet(torch.zeros(4, 3, 16, 16))
     with pytest.raises(ConfigError, match="synthetic images are 16x16 with 3 channels but the .* images are 32x32"):
         metric(plugins, data, "swd").compute(data.train, data.held_out, other)
+
+
+@pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")
+@pytest.mark.parametrize("version", ["v1", "v0"])
+def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plugins, data, version, monkeypatch, tmp_path):
+    import contextlib
+    import io
+
+    import frd_score
+
+    import raresynth.plugins.weightfree.frd as module
+
+    if data.spec.channels == 3:
+        pytest.skip("radiomics are computed on gray images: the gray variant covers it (and FRD is slow)")
+    real = ImageSet(data.train.images[::4], data.train.labels[::4])  # 16 images
+    fake = noisy(real, 0.3)
+    module.write_pngs(real, tmp_path / "real")
+    module.write_pngs(fake, tmp_path / "fake")
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = frd_score.compute_frd([str(tmp_path / "real"), str(tmp_path / "fake")], frd_version=version, num_workers=1)
+
+    extracted = []
+    original = module.radiomic_features
+    monkeypatch.setattr(module, "radiomic_features", lambda images, *args: extracted.append(len(images)) or original(images, *args))
+    frd = plugins.metric("frd")(plugins.metric("frd").Params(frd_version=version, num_workers=1), data.spec)
+    assert frd.compute(real, data.held_out, fake)[0].value == pytest.approx(float(expected), rel=1e-5)
+    frd.compute(real, data.held_out, real)
+    assert extracted == [16, 16, 16]  # the real set's features once, each synthetic set's once

@@ -17,14 +17,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from raresynth import ImageSet, Metric, MetricValue, PluginParams
-from raresynth.features import Preprocessing
+from raresynth.features import Preprocessing, content_hash
 from raresynth.imagesets import check_compatible
 
 
@@ -36,34 +39,85 @@ def frd_available() -> bool:
 class FRDParams(PluginParams):
     reference: Literal["train", "held_out"] = Field("train", description="which real set the synthetic set is compared with")
     frd_version: Literal["v0", "v1"] = Field("v1", description="frd-score's feature set and log transform (v1: the 2026 paper)")
-    num_workers: int | None = Field(None, ge=1, description="processes for feature extraction (None: frd-score's default)")
+    num_workers: int | None = Field(None, ge=1, description="processes for feature extraction (None: one per CPU core)")
 
 
-def write_pngs(images: ImageSet, folder: Path) -> None:
+def write_pngs(images: ImageSet, folder: Path) -> list[Path]:
+    """8-bit gray PNGs of ``images`` in ``folder``; returns their paths in order."""
     from PIL import Image
 
     gray = Preprocessing(channels=1).uint8(images.images)[:, 0].numpy()
     folder.mkdir(parents=True, exist_ok=True)
+    paths = []
     for i, array in enumerate(gray):
-        Image.fromarray(array).save(folder / f"{i:06d}.png")
+        paths.append(folder / f"{i:06d}.png")
+        Image.fromarray(array).save(paths[-1])
+    return paths
+
+
+def radiomic_features(images: ImageSet, frd_version: str, num_workers: int | None = None) -> np.ndarray:
+    """``(images, features)`` radiomic features as frd-score extracts them (rows of failed images left out)."""
+    from frd_score import frd as frd_module
+
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    features = list(frd_module.V0_DEFAULT_FEATURES) if frd_version == "v0" else None  # v1: the package's YAML config
+    extractor = frd_module.get_feature_extractor(frd_version=frd_version, features=features, image_dim=2)
+    with tempfile.TemporaryDirectory(prefix="raresynth-frd-") as tmp:
+        files = [str(path) for path in write_pngs(images, Path(tmp))]
+        with contextlib.redirect_stdout(io.StringIO()):
+            array, _, _ = frd_module.compute_features(files, extractor, num_workers=num_workers or os.cpu_count() or 1,
+                                                      frd_version=frd_version)
+    return np.asarray(array, dtype=np.float64)
+
+
+def frechet_radiomics_distance(real: np.ndarray, fake: np.ndarray, frd_version: str) -> float:
+    """FRD of two radiomic feature matrices (Konz, Osuala et al.), with frd-score's defaults.
+
+    v1: images with a NaN feature are dropped, features are z-scored with the *real*
+    set's mean and standard deviation (the paper's Eq. 3 reference normalization),
+    features that become NaN or infinite in either set are dropped, and the result is
+    log(d_F^2) (frd-score's convention). v0: min-max scaling on both sets together,
+    no log. d_F^2 is the Fréchet distance between Gaussians fitted to each set.
+    """
+    from frd_score import frd as frd_module
+
+    if frd_version == "v1":
+        real, fake = (x[~np.isnan(x).any(axis=1)].astype(np.float32) for x in (real, fake))
+        low, high = frd_module.V1_DEFAULT_NORM_RANGE
+        with np.errstate(divide="ignore", invalid="ignore"):
+            real_z, fake_z = (((x - np.nanmean(real, axis=0)) / np.nanstd(real, axis=0)) * (high - low) + low for x in (real, fake))
+        keep = ~(~np.isfinite(real_z)).any(axis=0) & ~(~np.isfinite(fake_z)).any(axis=0)
+        real_n, fake_n = real_z[:, keep], fake_z[:, keep]
+    else:
+        both = np.concatenate([real, fake])
+        low, high = frd_module.V0_DEFAULT_NORM_RANGE
+        real_n, fake_n = (frd_module.min_max_normalize(x, low, high, base_distribution=both) for x in (real, fake))
+    distance = frd_module.calculate_frechet_distance(real_n.mean(axis=0), np.cov(real_n, rowvar=False),
+                                                     fake_n.mean(axis=0), np.cov(fake_n, rowvar=False))
+    if frd_version == "v1":  # identical statistics give log(0) = -inf, as frd-score returns
+        return float(np.log(distance)) if distance > 0 else float("-inf")
+    return float(distance)
 
 
 class FRD(Metric):
-    """``frd``: log of the Fréchet distance between radiomic feature distributions (lower is better)."""
+    """``frd``: log of the Fréchet distance between radiomic feature distributions (lower is better).
+
+    The real set's features are extracted once per metric object and set content, so
+    a benchmark measuring many runs pays for them once.
+    """
 
     Params = FRDParams
 
-    def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
-        import frd_score
+    def __init__(self, params, spec):
+        super().__init__(params, spec)
+        self._real_features: dict[str, np.ndarray] = {}
 
+    def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         check_compatible(train, held_out=held_out, synthetic=synthetic)
-        reference = train if self.params.reference == "train" else held_out
-        with tempfile.TemporaryDirectory(prefix="raresynth-frd-") as tmp:
-            real_dir, fake_dir = Path(tmp) / "real", Path(tmp) / "synthetic"
-            write_pngs(reference, real_dir)
-            write_pngs(synthetic, fake_dir)
-            with contextlib.redirect_stdout(io.StringIO()):  # frd-score prints its result
-                value = frd_score.compute_frd([str(real_dir), str(fake_dir)], frd_version=self.params.frd_version,
-                                              num_workers=self.params.num_workers, verbose=False)
-        # Identical feature statistics give log(0) = -inf, which frd-score returns as is.
-        return [MetricValue("frd", float(value), higher_is_better=False)]
+        p = self.params
+        reference = train if p.reference == "train" else held_out
+        key = content_hash(Preprocessing(channels=1).uint8(reference.images)) + p.frd_version
+        if key not in self._real_features:
+            self._real_features = {key: radiomic_features(reference, p.frd_version, p.num_workers)}
+        fake = radiomic_features(synthetic, p.frd_version, p.num_workers)
+        return [MetricValue("frd", frechet_radiomics_distance(self._real_features[key], fake, p.frd_version), higher_is_better=False)]
