@@ -469,54 +469,66 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
     dataset = load_dataset(benchmark.runs[0].config.data, benchmark.registry)
     data_id = dataset_id(dataset)
     refs = benchmark.metric_refs(dataset.spec)
-    selected = [run for run in benchmark.runs if not only or run.variant.name in only or _base_name(run.variant.name) in only]
+    # Built before any training, so that a missing weights file fails now; one object per
+    # metric for the whole benchmark, so real-set features and embeddings are computed once.
+    metrics = [] if report_only else build_metrics(_config_with_metrics(benchmark.runs[0].config, refs), dataset.spec,
+                                                     benchmark.registry, benchmark.out_dir)
+    selected = [] if report_only else [run for run in benchmark.runs if not only or run.variant.name in only or _base_name(run.variant.name) in only]
     records: dict[tuple[str, int], dict[str, Any]] = {}
-    metrics = None
-    for index, run in enumerate(benchmark.runs):
-        record = run_record(run, data_id)
-        records[(run.variant.name, run.seed)] = record
-        if report_only or run not in selected:
+    for run in benchmark.runs:
+        record = records[(run.variant.name, run.seed)] = run_record(run, data_id)
+        if run not in selected:
             continue
-        number = f"[{selected.index(run) + 1}/{len(selected)}]"
+        where = f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
         if run.state != "done":
-            log(f"{number} {run.variant.label}, seed {run.seed}: " + {"new": "training", "resume": f"resuming {run.detail}",
-                                                                      "restart": f"training afresh ({run.detail})"}[run.state])
-            for own in (ERROR_FILE, METRICS_FILE):  # the harness's files: stale once training starts again
-                (run.run_dir / own).unlink(missing_ok=True)
-            try:
-                if processes > 1:
-                    train_in_processes(run, processes, progress_bar, log)
-                else:
-                    train(run.config, resume=run.state == "resume", overwrite=run.state == "restart", registry=benchmark.registry,
-                          progress_bar=progress_bar)
-                run.state = "done"
-            except RaresynthError as exc:
-                _fail(record, run, exc, log)
-            except (RuntimeError, ValueError) as exc:  # a backend's own error (CUDA out of memory...): record it, go on
-                _fail(record, run, exc, log)
-            finally:
-                record.update(training_figures(run.run_dir))
+            _train_run(run, record, benchmark.registry, processes, progress_bar, log, where)
             if run.state != "done":
                 continue
-        record["status"] = "done"
         try:
             check_split(dataset, load_split(run.run_dir / "split.json"))
         except RaresynthError as exc:
             raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); rerun it with --rerun {run.variant.name}") from None
         if _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is None:
-            if metrics is None:
-                metrics = build_metrics(_config_with_metrics(run.config, refs), dataset.spec, benchmark.registry, benchmark.out_dir)
-            log(f"{number} {run.variant.label}, seed {run.seed}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
-            measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
+            log(f"{where}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
+            try:
+                measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
+            except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
+                log(f"{where}: measuring FAILED: {' '.join(str(exc).split())}")
+                record.update(run_record(run, data_id, refs, config), status="failed", error=f"measuring: {' '.join(str(exc).split())}")
+                continue
         record.update(run_record(run, data_id, refs, config))
-    grids = write_grids(benchmark, records, selected if not report_only else [])
+    grids = write_grids(benchmark, records, selected)
     results = collect_results(benchmark, dataset, data_id, refs, records, grids)
     (benchmark.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     write_report(results, benchmark.out_dir)
     return results
 
 
-def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool, log) -> None:
+def _train_run(run: PlannedRun, record: dict[str, Any], registry: Registry, processes: int, progress_bar: bool, log, where: str) -> None:
+    """Train (or resume) one run; on failure record the error and carry on (``run.state`` tells which)."""
+    log(f"{where}: " + {"new": "training", "resume": f"resuming {run.detail}", "restart": f"training afresh ({run.detail})"}[run.state])
+    for own in (ERROR_FILE, METRICS_FILE):  # the harness's files: stale once training starts again
+        (run.run_dir / own).unlink(missing_ok=True)
+    try:
+        if processes > 1:
+            train_in_processes(run, processes, progress_bar)
+        else:
+            train(run.config, resume=run.state == "resume", overwrite=run.state == "restart", registry=registry, progress_bar=progress_bar)
+        run.state = "done"
+    except (RaresynthError, RuntimeError, ValueError) as exc:  # diverged, a backend's own error, CUDA out of memory...
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        record.update(status="failed", error=message)
+        run.state = "failed"
+        if run.run_dir.is_dir():
+            (run.run_dir / ERROR_FILE).write_text(message + "\n")
+        log(f"{where}: FAILED: {message}")
+    finally:
+        record.update(training_figures(run.run_dir))
+    if run.state == "done":
+        record.update(status="done", error=None)
+
+
+def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool) -> None:
     """Train one run with ``torchrun --standalone --nproc_per_node processes -m raresynth train``.
 
     The harness stays one process (it measures and reports); a crash of the training
@@ -544,15 +556,6 @@ def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool, log)
     if code:
         reason = errors[0] if errors else next((line for line in reversed(tail) if "Error" in line), f"exit code {code}")
         raise TrainingError(f"training on {processes} processes failed: {reason}")
-
-
-def _fail(record: dict[str, Any], run: PlannedRun, exc: BaseException, log) -> None:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    record.update(status="failed", error=message)
-    run.state = "failed"
-    if run.run_dir.is_dir():
-        (run.run_dir / ERROR_FILE).write_text(message + "\n")
-    log(f"{run.variant.label}, seed {run.seed}: FAILED: {message}")
 
 
 def _config_with_metrics(config: RunConfig, refs: Sequence[PluginRef]) -> RunConfig:

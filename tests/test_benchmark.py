@@ -336,3 +336,33 @@ def test_the_harness_refuses_to_be_launched_on_several_processes(tmp_path, regis
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="pass --processes N"):
         run(write_benchmark(tmp_path), registry)
+
+
+def test_a_missing_weights_file_fails_before_any_training(tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("RARESYNTH_WEIGHTS_DIR", str(tmp_path / "no_weights"))
+    path = write_benchmark(tmp_path, metrics=["fid"])
+    with pytest.raises(ConfigError, match=r"weights"):
+        run(path, registry)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_a_metric_that_fails_on_one_run_is_recorded_and_measured_again_next_time(tmp_path, registry, monkeypatch, one_thread):
+    import toy_plugin
+
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}})
+    original = toy_plugin.MeanGapMetric.compute
+    calls = []
+
+    def fails_once(self, train, held_out, synthetic):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("synthetic images are all NaN")
+        return original(self, train, held_out, synthetic)
+
+    monkeypatch.setattr(toy_plugin.MeanGapMetric, "compute", fails_once)
+    runs = runs_of(run(path, registry))
+    assert runs[("toy", 0)]["status"] == "failed" and runs[("toy", 0)]["error"] == "measuring: synthetic images are all NaN"
+    assert runs[("toy", 1)]["status"] == "done" and "mean_gap" in runs[("toy", 1)]["values"]
+    trains = count_calls(monkeypatch, "train")
+    runs = runs_of(run(path, registry))
+    assert trains == [] and all(r["status"] == "done" and "mean_gap" in r["values"] for r in runs.values())
