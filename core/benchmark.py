@@ -74,7 +74,7 @@ from .config import (
 )
 from .interfaces import DataSpec
 from .data import Dataset, check_split, load_dataset, load_split
-from .errors import ConfigError, RaresynthError, RunDirError, TrainingError
+from .errors import ConfigError, RaresynthError, RunDirError, TrainingError, did_you_mean
 from .features import content_hash
 from .images import save_grid
 from .registry import Registry, get_registry
@@ -397,11 +397,11 @@ def prepare_benchmark(path: str | Path, overrides: Sequence[str] = (), registry:
     if config.metrics != "default":  # check metric names now, not after training
         data = {"generator": "x", "budget": {"kimg": 1}, "metrics": [ref.plain() for ref in config.metrics]}
         problems += [line for line in unknown_plugin_names(data, registry) if line.startswith("metrics")]
-    listed = None if config.metrics == "default" else {ref.name for ref in config.metrics}
-    for name in config.metric_options:
-        if name not in registry.names("metric") or (listed is not None and name not in listed):
-            where = "the installed metrics" if listed is None else "the benchmark's metrics list"
-            problems.append(f"metric_options.{name}: '{name}' is not in {where}; options can only tune a listed metric")
+    for name in config.metric_options:  # options of an installed metric that is not listed are unused, not wrong
+        if name not in registry.names("metric"):
+            installed = registry.names("metric")
+            problems.append(f"metric_options.{name}: no metric '{name}' is installed; installed: {', '.join(sorted(installed))}."
+                            + did_you_mean(name, installed))
     if not problems:
         refs = default_metrics(1, registry) if config.metrics == "default" else config.metrics
         for ref in refs:

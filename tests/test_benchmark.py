@@ -134,9 +134,11 @@ def test_metric_names_and_options_are_checked_up_front(tmp_path, registry):
     path = write_benchmark(tmp_path, metrics=["swd"], metric_options={"swd": {"repeatz": 2}})
     with pytest.raises(ConfigError, match=r"metric_options\.swd\.repeatz: unknown field.*Did you mean 'repeats'"):
         prepare_benchmark(path, registry=registry)
-    path = write_benchmark(tmp_path, metrics=["swd"], metric_options={"utility": {"seeds": 2}})
-    with pytest.raises(ConfigError, match=r"metric_options\.utility: 'utility' is not in the benchmark's metrics list"):
+    path = write_benchmark(tmp_path, metrics=["swd"], metric_options={"utilty": {"seeds": 2}})
+    with pytest.raises(ConfigError, match=r"metric_options\.utilty: no metric 'utilty' is installed.*Did you mean 'utility'"):
         prepare_benchmark(path, registry=registry)
+    path = write_benchmark(tmp_path, metrics=["swd"], metric_options={"utility": {"seeds": 2}})  # not listed: unused
+    assert prepare_benchmark(path, registry=registry).runs
 
 
 def test_default_metrics_need_no_download_and_use_frd_when_installed(registry):
@@ -366,3 +368,21 @@ def test_a_metric_that_fails_on_one_run_is_recorded_and_measured_again_next_time
     trains = count_calls(monkeypatch, "train")
     runs = runs_of(run(path, registry))
     assert trains == [] and all(r["status"] == "done" and "mean_gap" in r["values"] for r in runs.values())
+
+
+@pytest.mark.slow
+def test_the_default_benchmark_runs_end_to_end_scaled_down(tmp_path, registry, one_thread):
+    from pathlib import Path
+
+    default = Path(__file__).parent.parent / "benchmarks" / "default.yaml"
+    results = run(default, registry, f"out_dir={tmp_path / 'out'}", "base.budget.kimg=0.064", "base.batch_size=16",
+                  "base.schedule.tick_kimg=0.032", "base.schedule.snapshot_kimg=0.064", "base.schedule.grid_size=4",
+                  "base.data.format_options.train_per_class=16", "base.data.format_options.held_out_per_class=8",
+                  "metrics=[swd, memorization]", "synthetic_images=16", "grid_size=4")
+    runs = runs_of(results)
+    assert set(runs) == {("stylegan2_ada", 0), ("ddpm", 0)}
+    assert all(r["status"] == "done" and {"swd", "copy_rate_pixel"} <= set(r["values"]) for r in runs.values())
+    ddpm = next(v for v in results["variants"] if v["name"] == "ddpm")
+    assert ddpm["sample_options"] == {"scheduler": "dpmsolver++", "steps": 25}
+    assert results["variants"][0]["regularizers"] == ["r1(gamma=auto)"]
+    assert "## Samples" in (tmp_path / "out" / "report.md").read_text()
