@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import typing
 
 import pytest
@@ -326,3 +327,45 @@ def test_two_processes_end_with_identical_state(tmp_path, toy_config):
     assert rank0["weights"]["augment"]["p"] != 0.3  # p moved, in step on both ranks
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert lines[-1]["penalty_r1"] > 0 and lines[-1]["penalty_pl"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_passes_compute_what_the_eager_ones_do(registry, tmp_path):
+    # Inductor draws its own random numbers, so the passes are compared on fixed inputs:
+    # G with layer noise at its initial strength 0 and no style mixing, D as it is.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    spec = DataSpec(resolution=16, channels=1, class_names=("a", "b"))
+    backend = make_backend(16, 1, ("a", "b"), regularizers=[R1(R1Params(gamma=1.0, interval=1), spec, "r1")], compile=True,
+                           style_mixing=0.0, pl_interval=1)
+    z, labels = torch.randn(8, TINY["z_dim"]), torch.tensor([0, 1] * 4)
+    for compiled, eager in ((backend.G_main, backend.G_net), (backend.G_fakes, backend.G_net)):
+        a, b = compiled(z=z, labels=labels), eager(z=z, labels=labels)
+        assert torch.allclose(a, b, atol=1e-5)
+        # and the gradients, at half the batch (the path-length pass's size); a noise strength's
+        # gradient is the noise itself, drawn differently by each
+        a[:4].square().mean().backward()
+        grads = {name: q.grad.clone() for name, q in backend.G_net.named_parameters() if q.grad is not None}
+        backend.G_net.zero_grad()
+        b[:4].square().mean().backward()
+        for name, q in backend.G_net.named_parameters():
+            if q.grad is not None and not name.endswith("noise_strength"):
+                assert torch.allclose(grads[name], q.grad, atol=1e-5), name
+        backend.G_net.zero_grad()
+    images = real_batch(classes=2).images
+    assert torch.allclose(backend.D_main(images, labels), backend.D_net(images, labels), atol=1e-5)
+    assert torch.allclose(backend.D_main(images[:4], labels[:4]), backend.D_net(images[:4], labels[:4]), atol=1e-5)
+
+    # Training with compiled passes through the loop, at a shape where Inductor's
+    # dynamic-shape recompile of the backward failed (64x64, batch 4, ADA, conditional).
+    config = {"run_dir": str(tmp_path / "run"), "data": {"format": "embedded", "resolution": 64, "channels": 3,
+              "format_options": {"train_per_class": 8, "held_out_per_class": 2, "crop_size": 128}},
+              "generator": {"name": "stylegan2_ada", "compile": True, "channel_base": 256, "channel_max": 8, "z_dim": 16, "w_dim": 16},
+              "regularizers": [{"name": "r1"}], "budget": {"kimg": 0.032}, "batch_size": 4,
+              "schedule": {"tick_kimg": 0.008, "snapshot_kimg": 1, "grid_size": 2}}
+    run = train(load_config(config, registry=registry), registry=registry, progress_bar=False)
+    lines = [json.loads(line) for line in (run.run_dir / "log.jsonl").read_text().splitlines()]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert len(lines) == 4 and all(math.isfinite(value) for line in lines for value in line.values())

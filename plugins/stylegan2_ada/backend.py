@@ -131,7 +131,10 @@ class StyleGAN2ADA(Generator):
         # The passes, compiled when asked (regularization passes differentiate twice: never compiled).
         self.G_main, self.D_main, self.G_fakes, self.D_frozen = self.G, self.D, self.G_net, self.D_net
         if p.compile:
-            compiled = lambda module: torch.compile(module, mode=p.compile_mode)  # noqa: E731
+            # Static shapes: the path-length pass uses half the batch, and a dynamic-shape
+            # recompile of the backward pass fails in Inductor ("Cannot convert expression
+            # to float", torch 2.14); one static graph per batch size is what CUDA graphs want anyway.
+            compiled = lambda module: torch.compile(module, mode=p.compile_mode, dynamic=False)  # noqa: E731
             self.G_main, self.D_main = compiled(self.G), compiled(self.D)
             self.G_fakes, self.D_frozen = compiled(self.G_net), compiled(self.D_net)
         if device.type == "cuda":
