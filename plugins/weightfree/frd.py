@@ -59,6 +59,9 @@ def radiomic_features(images: ImageSet, frd_version: str, num_workers: int | Non
     """``(images, features)`` radiomic features as frd-score extracts them (rows of failed images left out)."""
     from frd_score import frd as frd_module
 
+    import radiomics
+
+    radiomics.setVerbosity(60)  # pyradiomics logs a warning per image otherwise ("Image too small to apply LoG filter")
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     features = list(frd_module.V0_DEFAULT_FEATURES) if frd_version == "v0" else None  # v1: the package's YAML config
     extractor = frd_module.get_feature_extractor(frd_version=frd_version, features=features, image_dim=2)
