@@ -218,12 +218,14 @@ def _direction(info: Mapping[str, Any]) -> str:
 
 
 def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, higher: bool | None) -> set[int]:
-    """Indices of the rows with the best finite mean (all of them on a tie); none with fewer than two to compare."""
+    """Indices of the rows with the best finite mean (all of them on a tie); none with fewer than two to compare or all equal."""
     means = {i: row["values"][name]["mean"] for i, row in enumerate(rows)}
     finite = {i: m for i, m in means.items() if m is not None and math.isfinite(m)}
     if higher is None or len(finite) < 2:
         return set()
     best = max(finite.values()) if higher else min(finite.values())
+    if all(m == best for m in finite.values()):  # a shared baseline (real-vs-real values): nothing to compare
+        return set()
     return {i for i, m in finite.items() if m == best}
 
 
@@ -314,7 +316,7 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[tuple[str, st
     figures = []
     for metric, names in _groups(results, _value_names(results)):
         panels = []
-        shown = [name for name in names if not name.endswith("_std")] or names
+        shown = [name for name in names if not (name.endswith("_std") and name.removesuffix("_std") in names)]
         for name in shown:
             numbers = [_seed_values(v, name) for v in variants]
             if not any(math.isfinite(x) for seeds in numbers for x in seeds):
@@ -366,7 +368,7 @@ def _overview(results: Mapping[str, Any]) -> str:
 def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
                  extra: bool) -> list[str]:
     """Variants x values (mean ± std, best bold); ``extra`` adds runs, train time, img/s (and peak mem)."""
-    header = ["variant"] + [f"{_md(n)}{_direction(infos[n])}{' †' if infos[n].get('dataset_specific') else ''}" for n in names]
+    header = ["variant"] + [_header(n, infos[n]) for n in names]
     show_memory = extra and any(row["peak_mem_gib"] is not None for row in rows)  # GPU runs report it, CPU runs do not
     header += (["runs", "train time", "img/s"] + (["peak mem"] if show_memory else [])) if extra else []
     best = {name: _best_rows(rows, name, infos[name].get("higher_is_better")) for name in names}
@@ -380,11 +382,30 @@ def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos:
     return _table(header, body)
 
 
+def _header(name: str, info: Mapping[str, Any]) -> str:
+    return f"{_md(name)}{_direction(info)}{' †' if info.get('dataset_specific') else ''}"
+
+
+def _metric_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One metric's values: a row per variant, or a row per value when there are more values than variants."""
+    if len(names) <= len(rows):
+        return _value_table(rows, names, infos, extra=False)
+    best = {name: _best_rows(rows, name, infos[name].get("higher_is_better")) for name in names}
+    header = ["value"] + [_md(row["label"]) for row in rows]
+    body = [[_header(name, infos[name])] + [_cell(row["values"][name], i in best[name]) for i, row in enumerate(rows)] for name in names]
+    return _table(header, body)
+
+
 def _results_section(results: Mapping[str, Any]) -> list[str]:
-    """One table when there is one metric; else runs and cost first, then a table per metric."""
+    """One table when there is one metric; else runs and cost first, then a table per metric.
+
+    A metric's spread over its own repetitions (``x_std`` next to ``x``, e.g. utility's
+    classifier seeds) stays out of the tables and plots: it is in results.csv.
+    """
     rows = summarize(results)
-    names = _value_names(results)
-    infos = {name: _value_info(results, name) for name in names}
+    all_names = _value_names(results)
+    names = [n for n in all_names if not (n.endswith("_std") and n.removesuffix("_std") in all_names)]
+    infos = {name: _value_info(results, name) for name in all_names}
     groups = _groups(results, names)
     lines = ["## Results", ""]
     if len(groups) <= 1:
@@ -392,19 +413,27 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
     else:
         lines += _value_table(rows, [], infos, extra=True)
         for metric, members in groups:
-            lines += ["", f"### {_md(metric)}", ""] + _value_table(rows, members, infos, extra=False)
+            lines += ["", f"### {_md(metric)}", ""] + _metric_table(rows, members, infos)
     lines += ["", "↓ lower is better, ↑ higher is better. Cells: mean ± sample standard deviation over the finished seeds "
-              "(the mean alone with one seed; — when no finished run has the value); **bold**: the best mean. "
-              "Train time and img/s: mean over finished runs."]
+              "(the mean alone with one seed; — when no finished run has the value); **bold**: the best mean "
+              "(none when all are equal). Train time and img/s: mean over finished runs."]
+    if len(names) < len(all_names):
+        lines += ["", "Spreads that a metric reports about its own repetitions (`..._std`) are in results.csv."]
     if any(infos[n].get("dataset_specific") for n in names):
         lines += ["", f"† {DAGGER_NOTE}."]
     return lines
 
 
+def _own_settings(variant: Mapping[str, Any]) -> dict[str, Any]:
+    """A variant's settings without what the other Settings columns show (backend, regularizers, batch, precision)."""
+    shown = ("generator.name", "batch_size", "precision")
+    return {k: v for k, v in (variant.get("settings") or {}).items() if k not in shown and not k.startswith("regularizers.")}
+
+
 def _settings_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     header = ["variant", "generator", "regularizers", "settings", "batch size", "precision", "sample options"]
     body = [
-        [_label(v), v.get("generator", "—"), ", ".join(v.get("regularizers") or []) or "—", _options(v.get("settings")) or "base config",
+        [_label(v), v.get("generator", "—"), ", ".join(v.get("regularizers") or []) or "—", _options(_own_settings(v)) or "base config",
          v.get("batch_size", "—"), v.get("precision", "—"), _options(v.get("sample_options")) or "—"]
         for v in variants
     ]

@@ -188,7 +188,8 @@ def test_sections_in_order_with_failures_pending_and_notes(written):
     notes = section(text, "Notes")
     assert "- frd is not installed" in notes and "split id `3f2a9c1e0b7d`" in notes and "`raresynth bench benchmarks/default.yaml`" in notes
     settings = [cells(line) for line in section(text, "Settings").strip().splitlines()]
-    assert settings[3][3] == "regularizers.0.gamma=0.1" and settings[2][6] == "truncation=1.0"
+    assert settings[4][3] == "generator.sampler=dpm++" and settings[2][6] == "truncation=1.0"
+    assert settings[3][3] == "base config"  # its gamma is the regularizers column's to show
 
 
 def test_no_failures_section_when_every_run_finished(tmp_path):
@@ -295,3 +296,30 @@ def test_malformed_results_name_what_is_missing(tmp_path):
     results["variants"][0]["runs"][0]["values"]["swd"] = "n/a"
     with pytest.raises(RaresynthError, match="variant 'stylegan2_ada' seed 0: swd is not a number"):
         summarize(results)
+
+
+def test_a_metric_with_many_values_is_transposed_without_its_own_spreads_and_baselines_are_not_bold(tmp_path):
+    results = make_results()
+    results["variants"] = results["variants"][::2]  # two variants: stylegan2_ada, ddpm
+    regimes = {"utility_trtr_accuracy": 0.9, "utility_tstr_accuracy": None, "utility_tmtr_accuracy": None}
+    for name in regimes:
+        for suffix in ("", "_std"):
+            results["values"][name + suffix] = {"metric": "utility", "higher_is_better": not suffix, "dataset_specific": False}
+    for i, var in enumerate(results["variants"]):
+        for r in var["runs"]:
+            if r["status"] == "done":
+                r["values"].update({"utility_trtr_accuracy": 0.9, "utility_trtr_accuracy_std": 0.01,  # the real-only baseline
+                                    "utility_tstr_accuracy": 0.5 + 0.3 * i, "utility_tstr_accuracy_std": 0.02,
+                                    "utility_tmtr_accuracy": 0.8, "utility_tmtr_accuracy_std": 0.03})
+    results["values"].pop("utility_accuracy")
+    text = write_report(results, tmp_path).read_text()
+    utility = section(text, "Results").split("### utility\n\n", 1)[1].split("\n\n", 1)[0]
+    table = [cells(line) for line in utility.splitlines()]
+    assert table[0] == ["value", "stylegan2_ada", "ddpm (dpm++ 25 steps)"]  # 3 values > 2 variants: a row per value
+    assert [row[0] for row in table[2:]] == ["utility_trtr_accuracy ↑", "utility_tstr_accuracy ↑", "utility_tmtr_accuracy ↑"]
+    assert table[2][1:] == ["0.9 ± 0", "0.9 ± 0"]  # the same for every variant: no bold
+    assert table[3][2].startswith("**0.8") and not table[3][1].startswith("**")
+    assert "_std" not in section(text, "Results").split("Spreads that", 1)[0]
+    assert "(`..._std`) are in results.csv" in text
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as file:
+        assert any(row["value"] == "utility_tstr_accuracy_std" for row in csv.DictReader(file))
