@@ -91,9 +91,14 @@ def test_data_inspect_on_real_dicom_series(tmp_path, registry, capsys):
     assert "dicom" in capsys.readouterr().out
 
 
-def test_bench_is_not_there_yet(registry, capsys):
-    assert main(["bench"]) == 2
-    assert "benchmark harness is not available yet" in capsys.readouterr().err
+def test_bench_errors_are_one_line(registry, capsys, tmp_path):
+    assert main(["bench", str(tmp_path / "missing.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.yaml'}: config file not found"
+    (tmp_path / "bench.yaml").write_text("variants: {a: {generator: dcgan}}\nbase: {budget: {kimg: 1}, data: {format: embedded}}\n")
+    assert main(["bench", str(tmp_path / "bench.yaml"), "--processes", "0", f"out_dir={tmp_path / 'out'}"]) == 2
+    assert "--processes must be at least 1" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "bench.yaml"), "seedz=[1]"]) == 2
+    assert "seedz: unknown field" in capsys.readouterr().err
 
 
 def test_installed_console_script_runs(tmp_path):
