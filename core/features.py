@@ -18,7 +18,9 @@ them the same building blocks, so that every metric sees an image the same way:
       label loss when the training set has labels); needs no download. Its
       values are dataset-specific: metric plugins label them with ``_domain`` and
       they must not be compared across datasets. The trained weights are cached per
-      training set (safetensors).
+      training set (safetensors). It lives in :mod:`raresynth.domain_embedding`;
+      its options, :class:`DomainEmbeddingParams`, are here, beside
+      :class:`EmbeddingParams`, the options every embedding metric derives from.
   any torch-fidelity feature extractor (``inception-v3-compat``, ``vgg16``, or one
       registered with ``torch_fidelity.register_feature_extractor``)
       with its weights read from a local file (:func:`resolve_weights`): raresynth
@@ -30,6 +32,11 @@ them the same building blocks, so that every metric sees an image the same way:
   computes real-set features once; a changed dataset has another hash and never
   reuses stale features.
 
+Distances and pixel-space similarity (``pairwise_distances``, ``ssim``, ``ms_ssim``,
+``normalized_correlation``, ...) are in :mod:`raresynth.similarity`. The public names
+that moved to these two modules can still be imported from here, for plugins written
+against earlier versions.
+
 Environment: ``RARESYNTH_CACHE_DIR`` (default ``~/.cache/raresynth``; empty: memory
 only) holds ``features/`` and ``embeddings/``; ``RARESYNTH_WEIGHTS_DIR`` is where
 pretrained weight files are looked for.
@@ -38,7 +45,6 @@ pretrained weight files are looked for.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from abc import ABC, abstractmethod
@@ -53,6 +59,18 @@ from pydantic import Field
 
 from .errors import ConfigError
 from .interfaces import ImageSet, PluginParams
+
+# Re-exported for plugins written against earlier versions, where these lived here.
+from .similarity import (  # noqa: F401
+    MS_SSIM_WEIGHTS,
+    kth_neighbour_distances,
+    ms_ssim,
+    ms_ssim_scales,
+    normalized_correlation,
+    pairs_of,
+    pairwise_distances,
+    ssim,
+)
 
 CACHE_ENV = "RARESYNTH_CACHE_DIR"
 WEIGHTS_ENV = "RARESYNTH_WEIGHTS_DIR"
@@ -463,7 +481,10 @@ class TorchFidelityEmbedding(Embedding):
         return torch.cat(out)
 
 
-# -- the domain embedding: trained on the training split only -------------
+# -- the domain embedding's options ---------------------------------------
+
+# The embedding itself is in raresynth.domain_embedding; its options are here because
+# EmbeddingParams below holds them as a field, and that module imports this one.
 
 
 class DomainEmbeddingParams(PluginParams):
@@ -479,169 +500,6 @@ class DomainEmbeddingParams(PluginParams):
     lr: float = Field(3e-3, gt=0)
     temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (SimCLR)")
     seed: int = 0
-
-
-ENCODER_VERSION = "domain-encoder-v1"
-
-
-class DomainEncoder(torch.nn.Module):
-    """Three conv blocks, global average pool, a linear map to ``dim``; L2-normalized output."""
-
-    def __init__(self, in_channels: int, width: int, dim: int, num_classes: int):
-        super().__init__()
-        layers: list[torch.nn.Module] = []
-        channels = in_channels
-        for i in range(3):
-            out = width * 2**i
-            layers += [torch.nn.Conv2d(channels, out, 3, padding=1), torch.nn.GroupNorm(min(8, out), out), torch.nn.SiLU(),
-                       torch.nn.Conv2d(out, out, 3, padding=1), torch.nn.GroupNorm(min(8, out), out), torch.nn.SiLU()]
-            if i < 2:
-                layers.append(torch.nn.AvgPool2d(2))
-            channels = out
-        self.trunk = torch.nn.Sequential(*layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels, dim))
-        self.projection = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Linear(dim, dim))  # SimCLR head, training only
-        self.classifier = torch.nn.Linear(dim, max(num_classes, 1))  # label head, training only
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.trunk(images), dim=1)
-
-
-def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop-and-resize (60-100% of the side), flips, brightness and contrast (SimCLR-style)."""
-    n = images.shape[0]
-
-    def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(n, generator=generator) * (high - low) + low
-
-    scale = uniform(0.6, 1.0)
-    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = scale * flip_x, scale * flip_y
-    theta[:, 0, 2], theta[:, 1, 2] = uniform(-1, 1) * (1 - scale), uniform(-1, 1) * (1 - scale)
-    contrast, brightness = uniform(0.7, 1.3), uniform(-0.2, 0.2)
-    theta, contrast, brightness = (t.to(images.device) for t in (theta, contrast, brightness))
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * contrast.view(-1, 1, 1, 1) + mean + brightness.view(-1, 1, 1, 1)
-    return out.clamp(-1, 1)
-
-
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's loss (Chen et al. 2020, eq. 1): each view must pick out its partner among 2B-1 others."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    n = z1.shape[0]
-    logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
-
-
-def train_domain_encoder(train: ImageSet, params: DomainEmbeddingParams, device: torch.device) -> DomainEncoder:
-    """Train the encoder on ``train`` only; deterministic for ``params.seed`` on one device."""
-    preprocessing = Preprocessing(resolution=params.resolution)
-    images = preprocessing.apply(train.images).to(device)
-    labels = _used_labels(train, params)
-    if params.mode == "supervised" and labels is None:
-        raise ConfigError("domain_embedding.mode: 'supervised' needs a labelled training set; use 'contrastive' or 'auto'")
-    n = images.shape[0]
-    if n < 2:
-        raise ConfigError(f"domain_embedding: the training set has {n} image(s); the domain embedding needs at least 2")
-    num_classes = int(labels.max()) + 1 if labels is not None else 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(params.seed)
-        encoder = DomainEncoder(images.shape[1], params.width, params.dim, num_classes).to(device)
-    generator = torch.Generator().manual_seed(params.seed)
-    optimizer = torch.optim.Adam(encoder.parameters(), lr=params.lr)
-    batch = min(params.batch_size, n)
-    encoder.train()
-    for _ in range(params.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch + 1, batch):  # full batches only: the contrastive loss wants many negatives
-            index = order[start : start + batch].to(device)
-            x = images[index]
-            h1 = encoder.trunk(augment(x, generator))
-            loss = torch.zeros((), device=device)
-            if params.mode in ("auto", "contrastive"):
-                h2 = encoder.trunk(augment(x, generator))
-                loss = loss + nt_xent(encoder.projection(h1), encoder.projection(h2), params.temperature)
-            if labels is not None:  # the label loss shares the first view
-                loss = loss + F.cross_entropy(encoder.classifier(h1), labels.to(device)[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    return encoder.eval()
-
-
-def _used_labels(train: ImageSet, params: DomainEmbeddingParams) -> torch.Tensor | None:
-    if params.mode == "contrastive" or train.labels is None or len(torch.unique(train.labels)) < 2:
-        return None
-    return train.labels
-
-
-class DomainEmbedding(Embedding):
-    """The ``domain`` embedding: an encoder trained on one training set, cached per set."""
-
-    tag = DOMAIN
-    dataset_specific = True
-
-    def __init__(self, encoder: DomainEncoder, key: str, params: DomainEmbeddingParams, device: torch.device, batch_size: int = 256):
-        self.encoder = encoder
-        self.key = key
-        self.id = f"{ENCODER_VERSION}:{key}"
-        self.preprocessing = Preprocessing(resolution=params.resolution)
-        self.device = device
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        out = []
-        for start in range(0, images.shape[0], self.batch_size):
-            batch = self.preprocessing.apply(images[start : start + self.batch_size]).to(self.device)
-            out.append(self.encoder(batch).float().cpu())
-        return torch.cat(out)
-
-
-_ENCODERS: dict[str, DomainEncoder] = {}
-
-
-def domain_embedding_key(train: ImageSet, params: DomainEmbeddingParams) -> str:
-    """Names the encoder: the training set's content (and labels, when used) and the options."""
-    data = content_hash(train.images, _used_labels(train, params))
-    spec = json.dumps({"version": ENCODER_VERSION, "data": data, "params": params.model_dump(mode="json")}, sort_keys=True)
-    return hashlib.sha256(spec.encode()).hexdigest()[:32]
-
-
-def domain_embedding(train: ImageSet, params: DomainEmbeddingParams | None = None, device: str = "auto") -> DomainEmbedding:
-    """The domain embedding of ``train``: loaded from the cache, or trained and cached."""
-    from safetensors.torch import load_file, save_file
-
-    params = params or DomainEmbeddingParams()
-    where = resolve_device(device)
-    key = domain_embedding_key(train, params)
-    encoder = _ENCODERS.get(key)
-    root = cache_root()
-    path = root / "embeddings" / f"{key}.safetensors" if root is not None else None
-    if encoder is None and path is not None and path.is_file():
-        labels = _used_labels(train, params)
-        num_classes = int(labels.max()) + 1 if labels is not None else 0
-        candidate = DomainEncoder(train.images.shape[1], params.width, params.dim, num_classes)
-        try:
-            candidate.load_state_dict(load_file(str(path)))
-            encoder = candidate.eval()
-        except Exception:  # noqa: BLE001 - a damaged cache file is retrained, never trusted
-            encoder = None
-    if encoder is None:
-        encoder = train_domain_encoder(train, params, where)
-    if path is not None and not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-        save_file(state, str(partial), metadata={"version": ENCODER_VERSION, "params": params.model_dump_json()})
-        os.replace(partial, path)
-    _ENCODERS[key] = encoder
-    return DomainEmbedding(encoder.to(where).eval(), key, params, where)
 
 
 # -- choosing an embedding by name ----------------------------------------
@@ -660,6 +518,8 @@ def make_embedding(name: str, train: ImageSet | None = None, *, metric: str = "f
     if name == DOMAIN:
         if train is None:
             raise ValueError("the domain embedding is trained on the training split: pass train")
+        from .domain_embedding import domain_embedding  # imported here: domain_embedding builds on this module
+
         return domain_embedding(train, domain, device)
     return TorchFidelityEmbedding(name, layer, metric, weights_path, verify_weights, device, batch_size, seed)
 
@@ -695,119 +555,22 @@ class EmbeddingParams(PluginParams):
                               batch_size=self.batch_size, seed=self.seed)
 
 
-# ---------------------------------------------------------------------------
-# Distances and pixel-space similarity shared by metric plugins
-# ---------------------------------------------------------------------------
+# -- names that moved to raresynth.domain_embedding -----------------------
 
 
-def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Euclidean distances ``(len(a), len(b))`` in float64."""
-    a, b = a.double().flatten(1), b.double().flatten(1)
-    return torch.cat([torch.cdist(part, b) for part in a.split(chunk)]) if len(a) else torch.empty(0, len(b), dtype=torch.float64)
+def __getattr__(name: str) -> object:
+    """``raresynth.features.domain_embedding`` and the domain embedding's other public names.
 
-
-def kth_neighbour_distances(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row of ``x`` to its k-th nearest other row (itself excluded)."""
-    if len(x) <= k:
-        raise ConfigError(f"k-nearest neighbours: {len(x)} samples, need more than k={k}")
-    return pairwise_distances(x, x).kthvalue(k + 1, dim=1).values  # the 1st "neighbour" is the point itself
-
-
-def _gaussian_window(size: int, sigma: float, channels: int, dtype: torch.dtype) -> torch.Tensor:
-    coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
-
-
-def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image luminance*contrast*structure (SSIM) and contrast*structure (CS) means, data range 1."""
-    c1, c2 = 0.01**2, 0.03**2
-    channels = x.shape[1]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
-
-    mu_x, mu_y = blur(x), blur(y)
-    sigma_xx = blur(x * x) - mu_x**2
-    sigma_yy = blur(y * y) - mu_y**2
-    sigma_xy = blur(x * y) - mu_x * mu_y
-    cs = (2 * sigma_xy + c2) / (sigma_xx + sigma_yy + c2)
-    ssim = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
-    return ssim.flatten(1).mean(1), cs.flatten(1).mean(1)
-
-
-def _window_size(side: int, window: int) -> int:
-    size = min(window, side if side % 2 else side - 1)
-    return max(size, 1)
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """SSIM (Wang et al. 2004) of image pairs ``x[i], y[i]`` in ``[-1, 1]``, averaged over channels: ``(N,)``.
-
-    The Gaussian window shrinks to fit images smaller than ``window``.
+    Re-exported for plugins written against earlier versions, where these lived here;
+    looked up on first use rather than imported above, because raresynth.domain_embedding
+    imports this module.
     """
-    x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
-    size = _window_size(min(x.shape[-2:]), window)
-    return _ssim_terms(x, y, _gaussian_window(size, sigma, x.shape[1], x.dtype).to(x.device))[0]
+    if not name.startswith("_"):
+        from . import domain_embedding as module
 
-
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
-
-
-def ms_ssim_scales(side: int, window: int = 11) -> int:
-    """Scales MS-SSIM uses at this image size: as many of the 5 as keep the side >= the window."""
-    scales = 1
-    while scales < len(MS_SSIM_WEIGHTS) and side // 2**scales >= window:
-        scales += 1
-    return scales
-
-
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003, eq. 7) of pairs in ``[-1, 1]``: ``(N,)``.
-
-    Small images use fewer than 5 scales (:func:`ms_ssim_scales`), with the paper's
-    exponents renormalized to sum to 1; negative contrast-structure terms are clipped
-    to 0 so the product stays defined.
-    """
-    x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
-    side = min(x.shape[-2:])
-    size = _window_size(side, window)
-    scales = ms_ssim_scales(side, size)
-    weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype)
-    weights = (weights / weights.sum()).to(x.device)
-    win = _gaussian_window(size, sigma, x.shape[1], x.dtype).to(x.device)
-    factors = []
-    for scale in range(scales):
-        s, cs = _ssim_terms(x, y, win)
-        factors.append((s if scale == scales - 1 else cs).clamp(min=0))
-        if scale < scales - 1:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    stacked = torch.stack(factors, dim=1)
-    return torch.prod(stacked ** weights.view(1, -1), dim=1)
-
-
-def pairs_of(n: int, max_pairs: int, generator: torch.Generator) -> torch.Tensor:
-    """Distinct unordered index pairs ``(P, 2)``: all of them when there are at most ``max_pairs``, else a random sample."""
-    total = n * (n - 1) // 2
-    if total <= max_pairs:
-        i, j = torch.triu_indices(n, n, offset=1)
-        return torch.stack([i, j], dim=1)
-    first = torch.randint(0, n, (max_pairs,), generator=generator)
-    offset = torch.randint(1, n, (max_pairs,), generator=generator)
-    return torch.stack([first, (first + offset) % n], dim=1)
-
-
-def normalized_correlation(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Pearson correlation of every image in ``a`` with every image in ``b`` (pixels, all channels): ``(len(a), len(b))``."""
-
-    def standardize(t: torch.Tensor) -> torch.Tensor:
-        flat = t.double().flatten(1)
-        flat = flat - flat.mean(1, keepdim=True)
-        return flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12)
-
-    sa, sb = standardize(a), standardize(b)
-    return torch.cat([part @ sb.T for part in sa.split(chunk)])
+        if name in getattr(module, "__all__", ()):
+            return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -816,7 +579,6 @@ __all__ = [
     "KNOWN_WEIGHTS",
     "PIXELS",
     "WEIGHTS_ENV",
-    "DomainEmbedding",
     "DomainEmbeddingParams",
     "Embedding",
     "EmbeddingParams",
@@ -828,15 +590,17 @@ __all__ = [
     "check_embedding",
     "content_hash",
     "default_cache",
-    "domain_embedding",
     "features",
-    "kth_neighbour_distances",
     "make_embedding",
+    "resolve_weights",
+    "to_uint8",
+    # re-exported, see above
+    "DomainEmbedding",
+    "domain_embedding",
+    "kth_neighbour_distances",
     "ms_ssim",
     "normalized_correlation",
     "pairs_of",
     "pairwise_distances",
-    "resolve_weights",
     "ssim",
-    "to_uint8",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,20 +12,14 @@ from safetensors import safe_open
 
 from helpers import embedded_data
 from raresynth import ConfigError, DataError, ImageSet
+from raresynth import domain_embedding as domain
 from raresynth import features as feats
+from raresynth import similarity
 from raresynth.config import load_config
-from raresynth.features import (
-    CACHE_ENV,
-    DomainEmbeddingParams,
-    FeatureCache,
-    PixelEmbedding,
-    Preprocessing,
-    content_hash,
-    domain_embedding,
-    kth_neighbour_distances,
-    pairs_of,
-)
+from raresynth.domain_embedding import DomainEmbeddingParams, domain_embedding
+from raresynth.features import CACHE_ENV, FeatureCache, PixelEmbedding, Preprocessing, content_hash
 from raresynth.imagesets import check_compatible, concat, load_image_folder, sample_image_set
+from raresynth.similarity import kth_neighbour_distances, pairs_of
 from raresynth.training import load_run_generator, sample_to_folder, train
 
 FAST_DOMAIN = DomainEmbeddingParams(epochs=2, batch_size=16)
@@ -32,7 +28,7 @@ FAST_DOMAIN = DomainEmbeddingParams(epochs=2, batch_size=16)
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(feats, "_ENCODERS", {})  # no encoder from an earlier test
+    monkeypatch.setattr(domain, "_ENCODERS", {})  # no encoder from an earlier test
 
 
 @pytest.fixture(scope="module")
@@ -98,19 +94,19 @@ def test_domain_embedding_is_trained_on_train_only_deterministic_and_cached(tmp_
     assert f1.shape == (len(data.held_out), FAST_DOMAIN.dim)
     assert torch.allclose(f1.norm(dim=1), torch.ones(len(f1)), atol=1e-5)
 
-    monkeypatch.setattr(feats, "_ENCODERS", {})
+    monkeypatch.setattr(domain, "_ENCODERS", {})
     weights.unlink()
     retrained = domain_embedding(data.train, FAST_DOMAIN, device="cpu")  # same seed: the same encoder
     assert torch.allclose(retrained.embed(data.held_out.images), f1, atol=1e-5)
 
-    monkeypatch.setattr(feats, "_ENCODERS", {})
-    monkeypatch.setattr(feats, "train_domain_encoder", lambda *args: pytest.fail("should have loaded the cached weights"))
+    monkeypatch.setattr(domain, "_ENCODERS", {})
+    monkeypatch.setattr(domain, "train_domain_encoder", lambda *args: pytest.fail("should have loaded the cached weights"))
     loaded = domain_embedding(data.train, FAST_DOMAIN, device="cpu")
     assert torch.allclose(loaded.embed(data.held_out.images), f1, atol=1e-5)
 
     other_train = ImageSet(data.train.images[1:], data.train.labels[1:])
-    assert feats.domain_embedding_key(other_train, FAST_DOMAIN) != first.key  # per dataset
-    assert feats.domain_embedding_key(data.train, FAST_DOMAIN.model_copy(update={"seed": 1})) != first.key
+    assert domain.domain_embedding_key(other_train, FAST_DOMAIN) != first.key  # per dataset
+    assert domain.domain_embedding_key(data.train, FAST_DOMAIN.model_copy(update={"seed": 1})) != first.key
 
 
 def test_domain_embedding_modes(data):
@@ -140,6 +136,16 @@ def test_neighbours_and_pairs():
     assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
     sampled = pairs_of(50, 10, generator)
     assert sampled.shape == (10, 2) and (sampled[:, 0] != sampled[:, 1]).all()
+
+
+def test_names_that_moved_out_of_features_are_still_importable_from_it():
+    # plugins written against earlier versions import them from raresynth.features (docs/metrics.md)
+    for module in (domain, similarity):
+        for name in module.__all__:
+            assert getattr(feats, name) is getattr(module, name), name
+    assert not hasattr(feats, "no_such_name")
+    # raresynth.domain_embedding imports raresynth.features: either can be imported first
+    subprocess.run([sys.executable, "-c", "import raresynth.domain_embedding"], check=True)
 
 
 def test_check_compatible_names_the_set():

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from raresynth import ConfigError
-from raresynth.features import Preprocessing, normalized_correlation, pairwise_distances, ssim
+from raresynth.features import Preprocessing
+from raresynth.similarity import normalized_correlation, pairwise_distances, ssim
 
 
 @dataclass
