@@ -169,7 +169,7 @@ def load_benchmark(path: str | Path, overrides: Sequence[str] = ()) -> Benchmark
             raise ConfigError(f"{path}: base.{key}: not allowed in a benchmark; {reason}")
     source = config.base.get("data", {}).get("source") if isinstance(config.base.get("data"), Mapping) else None
     if isinstance(source, str) and not Path(source).expanduser().is_absolute():
-        config.base["data"]["source"] = str(path.resolve().parent / source)
+        config.base["data"]["source"] = os.path.normpath(path.resolve().parent / source)
     return config
 
 

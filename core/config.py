@@ -18,6 +18,7 @@ A minimal config::
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -306,7 +307,7 @@ def load_config(
         lines = format_validation_error(exc) + (unknown_plugin_names(data, registry) if registry is not None else [])
         raise ConfigError("\n".join(f"{origin}: {line}" for line in sorted(lines))) from None
     if base is not None and config.data.source and not Path(config.data.source).expanduser().is_absolute():
-        config.data.source = str(base / config.data.source)
+        config.data.source = os.path.normpath(base / config.data.source)
     if registry is not None:
         try:
             config = resolve_plugins(config, registry)

@@ -386,3 +386,26 @@ def test_the_default_benchmark_runs_end_to_end_scaled_down(tmp_path, registry, o
     assert ddpm["sample_options"] == {"scheduler": "dpmsolver++", "steps": 25}
     assert results["variants"][0]["regularizers"] == ["r1(gamma=auto)"]
     assert "## Samples" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_relative_data_source_is_relative_to_the_benchmark_file(tmp_path, registry, monkeypatch, one_thread):
+    import shutil
+
+    from medical_files import ANATOMICAL
+
+    (tmp_path / "data").mkdir()
+    for name in ("subject_a.nii", "subject_b.nii"):  # two volumes: the split keeps each one whole
+        shutil.copy(ANATOMICAL, tmp_path / "data" / name)
+    (tmp_path / "configs").mkdir()
+    config = yaml.safe_load(write_benchmark(tmp_path).read_text())
+    config["base"]["data"] = {"format": "nifti", "source": "../data", "resolution": 16, "channels": 1,
+                              "split": {"held_out_fraction": 0.5}}
+    config["variants"] = {"toy": {"generator": "toy"}}
+    config["seeds"] = [0]
+    (tmp_path / "configs" / "bench.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    results = run(tmp_path / "configs" / "bench.yaml", registry)
+    assert results["data"]["source"] == str(tmp_path / "data")
+    assert results["data"]["format"] == "nifti" and results["data"]["num_train"] > 0 and results["data"]["num_held_out"] > 0
+    assert runs_of(results)[("toy", 0)]["status"] == "done"
