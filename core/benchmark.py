@@ -524,6 +524,7 @@ def _train_run(run: PlannedRun, record: dict[str, Any], registry: Registry, proc
         log(f"{where}: FAILED: {message}")
     finally:
         record.update(training_figures(run.run_dir))
+        _release_gpu_memory()
     if run.state == "done":
         record.update(status="done", error=None)
 
@@ -601,6 +602,8 @@ def measure(run: PlannedRun, dataset: Dataset, metrics, refs: Sequence[PluginRef
     generator, _, _, _ = load_run_generator(run.run_dir, registry=registry)
     options = validate_params(generator.SampleParams, run.variant.sample, f"variants.{run.variant.name}.sample")
     synthetic = synthetic_like_train(generator, dataset, config.synthetic_images, config.sampling_seed, options)
+    del generator
+    _release_gpu_memory()  # the next run's training processes need the GPU memory, not this process's cache
     for _, metric in metrics:
         metric.output_dir = run.run_dir / "metrics"
     values = compute_metrics(metrics, dataset, synthetic)
@@ -610,6 +613,11 @@ def measure(run: PlannedRun, dataset: Dataset, metrics, refs: Sequence[PluginRef
     temporary.write_text(json.dumps(saved, indent=1, default=_json_default) + "\n")
     os.replace(temporary, path)
     return saved
+
+
+def _release_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def training_figures(run_dir: Path) -> dict[str, Any]:
@@ -664,6 +672,8 @@ def write_grids(benchmark: Benchmark, records: Mapping[tuple[str, int], dict[str
             options = validate_params(generator.SampleParams, variant.sample, f"variants.{variant.name}.sample")
             seeds = list(range(benchmark.config.grid_size))
             save_grid(generator.sample(seeds, cycled_labels(generator.spec, len(seeds)), options).float().cpu(), path)
+            del generator
+            _release_gpu_memory()
         if done and path.is_file():
             grids[variant.name] = str(path.relative_to(benchmark.out_dir))
     return grids
