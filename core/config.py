@@ -308,6 +308,8 @@ def load_config(
         raise ConfigError("\n".join(f"{origin}: {line}" for line in sorted(lines))) from None
     if base is not None and config.data.source and not Path(config.data.source).expanduser().is_absolute():
         config.data.source = os.path.normpath(base / config.data.source)
+    elif config.data.source and Path(config.data.source).is_absolute():
+        config.data.source = os.path.normpath(config.data.source)  # the same folder, however it was spelt
     if registry is not None:
         try:
             config = resolve_plugins(config, registry)

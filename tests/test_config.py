@@ -139,6 +139,9 @@ def test_yaml_file_errors_and_relative_source(tmp_path, registry):
     good.write_text(yaml.safe_dump({"data": {"format": "image_folder", "source": "../images"}, "generator": {"name": "toy"}, "budget": {"kimg": 1}}))
     config = load_config(good, registry=registry)
     assert config.data.source == str(tmp_path / "images")  # relative to the file, normalized
+    spelt_otherwise = {"data": {"format": "image_folder", "source": str(tmp_path / "sub" / ".." / "images")},
+                       "generator": {"name": "toy"}, "budget": {"kimg": 1}}
+    assert load_config(spelt_otherwise, registry=registry).data == config.data  # the same folder: a run resumes with either
 
 
 def test_missing_required_fields(registry):
