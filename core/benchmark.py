@@ -78,7 +78,16 @@ from .errors import ConfigError, RaresynthError, RunDirError, TrainingError, did
 from .features import content_hash
 from .images import save_grid
 from .registry import Registry, get_registry
-from .training import build_metrics, read_data_spec, compute_metrics, cycled_labels, load_run_generator, synthetic_like_train, train
+from .training import (
+    build_metrics,
+    compute_metrics,
+    config_differences,
+    cycled_labels,
+    load_run_generator,
+    read_data_spec,
+    synthetic_like_train,
+    train,
+)
 
 #: Run-config fields a variant may not set, and where they belong instead.
 SHARED_FIELDS = {
@@ -138,6 +147,7 @@ class Variant:
     settings: dict[str, Any]  # dotted fields in which it differs from base
     sample: dict[str, Any] = field(default_factory=dict)  # backend sampling options for the metrics and grid
     description: str = ""
+    sample_params: Any = None  # ``sample`` validated by the backend's SampleParams (set by plan())
 
 
 @dataclass
@@ -164,9 +174,9 @@ def load_benchmark(path: str | Path, overrides: Sequence[str] = ()) -> Benchmark
     except pydantic.ValidationError as exc:
         raise ConfigError("\n".join(f"{path}: {line}" for line in format_validation_error(exc, model=BenchmarkConfig))) from None
     config.name = config.name or path.stem
-    for key, reason in SHARED_FIELDS.items():
-        if key in config.base and key in ("seed", "run_dir", "metrics"):
-            raise ConfigError(f"{path}: base.{key}: not allowed in a benchmark; {reason}")
+    for key in ("seed", "run_dir", "metrics"):  # data and budget belong in base; these do not
+        if key in config.base:
+            raise ConfigError(f"{path}: base.{key}: not allowed in a benchmark; {SHARED_FIELDS[key]}")
     source = config.base.get("data", {}).get("source") if isinstance(config.base.get("data"), Mapping) else None
     if isinstance(source, str) and not Path(source).expanduser().is_absolute():
         config.base["data"]["source"] = os.path.normpath(path.resolve().parent / source)
@@ -277,8 +287,8 @@ def run_dir_of(out_dir: Path, variant: str, seed: int) -> Path:
     return out_dir / "runs" / variant / f"seed-{seed}"
 
 
-def plan(config: BenchmarkConfig, registry: Registry, origin: str = "benchmark", rerun: Sequence[str] = ()) -> list[PlannedRun]:
-    """Validate every (variant, seed) run config and find out what each run needs.
+def plan(config: BenchmarkConfig, registry: Registry, origin: str = "benchmark") -> list[PlannedRun]:
+    """Validate every (variant, seed) run config and its sampling options; one planned run each.
 
     All problems are collected and raised together, before anything trains.
     """
@@ -298,31 +308,37 @@ def plan(config: BenchmarkConfig, registry: Registry, origin: str = "benchmark",
                 errors += [f"{origin}: variant '{variant.label}': {line.removeprefix('config: ')}" for line in str(exc).splitlines()]
                 break  # the same problem for every seed
             runs.append(PlannedRun(variant, seed, run_config, Path(run_config.run_dir)))
-        if variant.sample and runs and runs[-1].variant is variant:
+        if runs and runs[-1].variant is variant:
             try:
                 generator_cls = registry.generator(runs[-1].config.generator.name)
-                validate_params(generator_cls.SampleParams, variant.sample, f"variants.{variant.name}.sample")
+                variant.sample_params = validate_params(generator_cls.SampleParams, variant.sample, f"variants.{variant.name}.sample")
             except ConfigError as exc:
                 errors.append(f"{origin}: {exc}")
     if errors:
         raise ConfigError("\n".join(dict.fromkeys(errors)))
-    for run in runs:
-        run.state, run.detail = run_state(run, rerun=run.variant.name in rerun or _base_name(run.variant.name) in rerun)
     return runs
 
 
-def _base_name(variant_name: str) -> str:
-    return variant_name.split("--", 1)[0]
+def _named(run: PlannedRun, names: Sequence[str]) -> bool:
+    """Whether ``names`` selects the run: its variant's name, or a sweep's name before ``--``."""
+    return run.variant.name in names or run.variant.name.split("--", 1)[0] in names
 
 
-def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved or planned run config without the fields a benchmark may change between invocations.
+def check_variant_names(runs: Sequence[PlannedRun], names: Sequence[str], option: str) -> None:
+    """Raise a one-line error for a name in ``names`` that selects no run (``option``: ``--only``, ``--rerun``)."""
+    known = {run.variant.name for run in runs} | {run.variant.name.split("--", 1)[0] for run in runs}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"{option} {unknown[0]}: no such variant; variants: {', '.join(sorted(known))}")
+
+
+def _must_match(key: str) -> bool:
+    """Whether a run-config field must be what the run was trained with.
 
     The budget may grow (runs continue), and the schedule (logging, snapshots, grids)
     does not change what is learned; everything else does, so a change is refused.
     """
-    flat = _flat(config)
-    return {key: value for key, value in flat.items() if key not in ("budget.kimg", "run_dir") and not key.startswith("schedule.")}
+    return key not in ("budget.kimg", "run_dir") and not key.startswith("schedule.")
 
 
 def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:
@@ -334,11 +350,10 @@ def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:
         raise RunDirError(f"{run_dir}: exists but is not a raresynth run (no config.yaml); move it away or choose another out_dir")
     if rerun:
         return "restart", "--rerun"
-    saved = _comparable(yaml.safe_load((run_dir / "config.yaml").read_text()) or {})
-    planned = _comparable(run.config.plain())
-    changed = sorted(key for key in set(saved) | set(planned) if saved.get(key, "<unset>") != planned.get(key, "<unset>"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    changed = [change for change in config_differences(saved, run.config.plain()) if _must_match(change[0])]
     if changed:
-        shown = "; ".join(f"{key}: {_short(saved.get(key, '<unset>'))} -> {_short(planned.get(key, '<unset>'))}" for key in changed[:3])
+        shown = "; ".join(f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in changed[:3])
         more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
         raise RunDirError(
             f"{run_dir}: this run was trained with other settings than the benchmark now asks for ({shown}{more}); "
@@ -411,14 +426,11 @@ def prepare_benchmark(path: str | Path, overrides: Sequence[str] = (), registry:
                 problems += str(exc).splitlines()
     if problems:
         raise ConfigError("\n".join(f"{path}: {line}" for line in problems))
-    try:
-        known = {v.name for v in expand_variants(config)} | set(config.variants)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    unknown = [name for name in rerun if name not in known]
-    if unknown:
-        raise ConfigError(f"--rerun {unknown[0]}: no such variant; variants: {', '.join(sorted(known))}")
-    return Benchmark(config, plan(config, registry, origin=str(path), rerun=rerun), registry, str(path))
+    runs = plan(config, registry, origin=str(path))
+    check_variant_names(runs, rerun, "--rerun")
+    for run in runs:
+        run.state, run.detail = run_state(run, rerun=_named(run, rerun))
+    return Benchmark(config, runs, registry, str(path))
 
 
 def plan_text(benchmark: Benchmark) -> str:
@@ -460,6 +472,7 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
     """
     from .report import write_report
 
+    check_variant_names(benchmark.runs, only, "--only")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("raresynth bench runs as one process and launches the training runs itself: start it without "
                           "torchrun / accelerate launch, and pass --processes N to train each run on N processes (GPUs)")
@@ -473,30 +486,29 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
     # metric for the whole benchmark, so real-set features and embeddings are computed once.
     metrics = [] if report_only else build_metrics(_config_with_metrics(benchmark.runs[0].config, refs), dataset.spec,
                                                      benchmark.registry, benchmark.out_dir)
-    selected = [] if report_only else [run for run in benchmark.runs if not only or run.variant.name in only or _base_name(run.variant.name) in only]
+    selected = [] if report_only else [run for run in benchmark.runs if not only or _named(run, only)]
     records: dict[tuple[str, int], dict[str, Any]] = {}
     for run in benchmark.runs:
-        record = records[(run.variant.name, run.seed)] = run_record(run, data_id)
-        if run not in selected:
-            continue
-        where = f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
-        if run.state != "done":
-            _train_run(run, record, benchmark.registry, processes, progress_bar, log, where)
+        error = None  # why this invocation's training or measuring failed
+        if run in selected:
+            where = f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
             if run.state != "done":
-                continue
-        try:
-            check_split(dataset, load_split(run.run_dir / "split.json"))
-        except RaresynthError as exc:
-            raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); rerun it with --rerun {run.variant.name}") from None
-        if _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is None:
-            log(f"{where}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
-            try:
-                measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
-            except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
-                log(f"{where}: measuring FAILED: {' '.join(str(exc).split())}")
-                record.update(run_record(run, data_id, refs, config), status="failed", error=f"measuring: {' '.join(str(exc).split())}")
-                continue
-        record.update(run_record(run, data_id, refs, config))
+                error = _train_run(run, benchmark.registry, processes, progress_bar, log, where)
+            if run.state == "done" and _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is None:
+                try:
+                    check_split(dataset, load_split(run.run_dir / "split.json"))
+                except RaresynthError as exc:
+                    raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); "
+                                      f"rerun it with --rerun {run.variant.name}") from None
+                log(f"{where}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
+                try:
+                    measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
+                except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
+                    error = f"measuring: {' '.join(str(exc).split())}"
+                    log(f"{where}: {error}")
+        record = records[(run.variant.name, run.seed)] = run_record(run, data_id, refs, config)
+        if error:
+            record.update(status="failed", error=error)
     grids = write_grids(benchmark, records, selected)
     results = collect_results(benchmark, dataset, data_id, refs, records, grids)
     (benchmark.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
@@ -504,8 +516,11 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
     return results
 
 
-def _train_run(run: PlannedRun, record: dict[str, Any], registry: Registry, processes: int, progress_bar: bool, log, where: str) -> None:
-    """Train (or resume) one run; on failure record the error and carry on (``run.state`` tells which)."""
+def _train_run(run: PlannedRun, registry: Registry, processes: int, progress_bar: bool, log, where: str) -> str | None:
+    """Train (or resume) one run; ``run.state`` becomes done or failed. Returns the error, if any.
+
+    The error is also left in the run's ``benchmark_error.txt`` (a later report shows it).
+    """
     log(f"{where}: " + {"new": "training", "resume": f"resuming {run.detail}", "restart": f"training afresh ({run.detail})"}[run.state])
     for own in (ERROR_FILE, METRICS_FILE):  # the harness's files: stale once training starts again
         (run.run_dir / own).unlink(missing_ok=True)
@@ -514,19 +529,17 @@ def _train_run(run: PlannedRun, record: dict[str, Any], registry: Registry, proc
             train_in_processes(run, processes, progress_bar)
         else:
             train(run.config, resume=run.state == "resume", overwrite=run.state == "restart", registry=registry, progress_bar=progress_bar)
-        run.state = "done"
     except (RaresynthError, RuntimeError, ValueError) as exc:  # diverged, a backend's own error, CUDA out of memory...
         message = " ".join(str(exc).split()) or type(exc).__name__
-        record.update(status="failed", error=message)
         run.state = "failed"
         if run.run_dir.is_dir():
             (run.run_dir / ERROR_FILE).write_text(message + "\n")
         log(f"{where}: FAILED: {message}")
+        return message
     finally:
-        record.update(training_figures(run.run_dir))
         _release_gpu_memory()
-    if run.state == "done":
-        record.update(status="done", error=None)
+    run.state = "done"
+    return None
 
 
 def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool) -> None:
@@ -600,8 +613,7 @@ def measure(run: PlannedRun, dataset: Dataset, metrics, refs: Sequence[PluginRef
     """Sample the run's synthetic set from its latest checkpoint and compute every metric into its run dir."""
     start = time.perf_counter()
     generator, _, _, _ = load_run_generator(run.run_dir, registry=registry)
-    options = validate_params(generator.SampleParams, run.variant.sample, f"variants.{run.variant.name}.sample")
-    synthetic = synthetic_like_train(generator, dataset, config.synthetic_images, config.sampling_seed, options)
+    synthetic = synthetic_like_train(generator, dataset, config.synthetic_images, config.sampling_seed, run.variant.sample_params)
     del generator
     _release_gpu_memory()  # the next run's training processes need the GPU memory, not this process's cache
     for _, metric in metrics:
@@ -642,21 +654,23 @@ def training_figures(run_dir: Path) -> dict[str, Any]:
     return figures
 
 
-def run_record(run: PlannedRun, data_id: str, refs: Sequence[PluginRef] | None = None, config: BenchmarkConfig | None = None) -> dict[str, Any]:
-    """The run's entry in results.json, from what its folder holds."""
+def run_record(run: PlannedRun, data_id: str, refs: Sequence[PluginRef], config: BenchmarkConfig) -> dict[str, Any]:
+    """The run's entry in results.json, from what its folder holds.
+
+    Values only from a measurement with the benchmark's current metrics, sampling and
+    data: a run measured otherwise shows none until it is measured again.
+    """
     record: dict[str, Any] = {"seed": run.seed, "run_dir": str(run.run_dir), "status": "done" if run.state == "done" else "pending",
                               "error": None, "metrics_seconds": None, "values": {}, "catalog": {}}
     record.update(training_figures(run.run_dir))
     error_file = run.run_dir / ERROR_FILE
     if run.state != "done" and error_file.is_file():
         record.update(status="failed", error=error_file.read_text().strip())
-    if run.state == "done":
-        expected = fingerprint(run, refs, config, data_id) if refs is not None and config is not None else None
-        saved = _saved_measurement(run.run_dir, expected)
-        if saved is not None and (expected is not None or saved.get("fingerprint", {}).get("data_id") == data_id):
-            record["values"] = {name: entry["value"] for name, entry in saved["values"].items()}
-            record["catalog"] = {name: {k: v for k, v in entry.items() if k != "value"} for name, entry in saved["values"].items()}
-            record["metrics_seconds"] = saved.get("seconds")
+    saved = _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) if run.state == "done" else None
+    if saved is not None:
+        record["values"] = {name: entry["value"] for name, entry in saved["values"].items()}
+        record["catalog"] = {name: {k: v for k, v in entry.items() if k != "value"} for name, entry in saved["values"].items()}
+        record["metrics_seconds"] = saved.get("seconds")
     return record
 
 
@@ -669,9 +683,8 @@ def write_grids(benchmark: Benchmark, records: Mapping[tuple[str, int], dict[str
         done = [run for run in benchmark.runs if run.variant is variant and records[(variant.name, run.seed)]["status"] == "done"]
         if done and (id(done[0]) in selected_ids or not path.is_file()):
             generator, _, _, _ = load_run_generator(done[0].run_dir, registry=benchmark.registry)
-            options = validate_params(generator.SampleParams, variant.sample, f"variants.{variant.name}.sample")
             seeds = list(range(benchmark.config.grid_size))
-            save_grid(generator.sample(seeds, cycled_labels(generator.spec, len(seeds)), options).float().cpu(), path)
+            save_grid(generator.sample(seeds, cycled_labels(generator.spec, len(seeds)), variant.sample_params).float().cpu(), path)
             del generator
             _release_gpu_memory()
         if done and path.is_file():

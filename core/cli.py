@@ -169,14 +169,11 @@ def cmd_data(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
-    from .benchmark import plan_text, prepare_benchmark, run_benchmark
+    from .benchmark import check_variant_names, plan_text, prepare_benchmark, run_benchmark
 
     only, rerun = parse_plugin_list(args.only) or [], parse_plugin_list(args.rerun) or []
     benchmark = prepare_benchmark(args.config, args.overrides, registry=registry, rerun=rerun)
-    names = {run.variant.name for run in benchmark.runs} | {run.variant.name.split("--", 1)[0] for run in benchmark.runs}
-    unknown = [name for name in only if name not in names]
-    if unknown:
-        raise RaresynthError(f"--only {unknown[0]}: no such variant; variants: {', '.join(sorted(names))}")
+    check_variant_names(benchmark.runs, only, "--only")  # before --dry-run too
     if args.dry_run:
         print(plan_text(benchmark), end="")
         return 0

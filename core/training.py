@@ -113,17 +113,18 @@ def check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> list[str
     changed = [name for name, (old, now) in fixed.items() if old != now]
     if changed:
         raise RunDirError(f"{run_dir}: cannot resume with a changed {', '.join(changed)}; start a new run_dir instead")
-    return [f"{key}: {old} -> {now}" for key, old, now in _differences(saved.plain(), new.plain()) if key != "run_dir"]
+    return [f"{key}: {old} -> {now}" for key, old, now in config_differences(saved.plain(), new.plain()) if key != "run_dir"]
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every value that differs between two plain configs."""
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new), key=str):
-            found += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            found += config_differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return found
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _differences(a, b, f"{prefix}.{i}")]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in config_differences(a, b, f"{prefix}.{i}")]
     return [] if old == new else [(prefix, old, new)]
 
 
