@@ -60,7 +60,8 @@ def test_end_to_end_run_writes_everything_and_learns(toy_config, tmp_path):
 
     lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [line["kimg"] for line in lines] == [0.032, 0.064, 0.096, 0.128]
-    assert all(line["img_per_s"] > 0 and np.isfinite(line["loss"]) for line in lines)
+    # throughput is logged consistently (its value is a benchmark's business, not a test's)
+    assert all(line["img_per_s"] == pytest.approx(1000 / line["sec_per_kimg"]) and np.isfinite(line["loss"]) for line in lines)
     assert lines[-1]["loss"] < lines[0]["loss"]  # it learns
     assert lines[0]["penalty_shrink"] > 0
 
