@@ -6,7 +6,7 @@ the steady-state figures read from the run's ``log.jsonl``. Prints a table and
 writes JSON.
 
     python benchmarks/throughput.py docs/examples/demo.yaml budget.kimg=6 --warmup-ticks 2 \
-        --json benchmarks/results/dcgan-cpu.json
+        --json benchmarks/results/stylegan2_ada-cpu.json
 
 Several configurations in one call (one row each): repeat ``--set 'a=1 b=2'``.
 """

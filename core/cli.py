@@ -21,9 +21,16 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
 from .errors import RaresynthError
-from .registry import PLUGINS_ENV, Registry, get_registry, load_plugins, parse_plugin_list, set_registry
+from .registry import (
+    PLUGINS_ENV,
+    Registry,
+    get_registry,
+    load_plugins,
+    parse_plugin_list,
+    set_registry,
+)
+from .version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +176,12 @@ def cmd_data(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
-    from .benchmark import check_variant_names, plan_text, prepare_benchmark, run_benchmark
+    from .bench import (
+        check_variant_names,
+        plan_text,
+        prepare_benchmark,
+        run_benchmark,
+    )
 
     only, rerun = parse_plugin_list(args.only) or [], parse_plugin_list(args.rerun) or []
     benchmark = prepare_benchmark(args.config, args.overrides, registry=registry, rerun=rerun)

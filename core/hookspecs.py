@@ -28,8 +28,7 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - imported for annotations only
     from pathlib import Path
 
-    from .interfaces import DataFormat, Generator, Metric, Regularizer
-    from .training import RunInfo
+    from .interfaces import DataFormat, Generator, Metric, Regularizer, RunInfo
 
 hookspec = pluggy.HookspecMarker("raresynth")
 

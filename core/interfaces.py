@@ -308,3 +308,17 @@ class DataFormat(ABC):
     @abstractmethod
     def read(self, record: Record) -> RawImage:
         """Decode one record's pixels."""
+
+
+@dataclass
+class RunInfo:
+    """What lifecycle hooks see of a run."""
+
+    run_dir: Path
+    config: pydantic.BaseModel  # the run's RunConfig
+    spec: DataSpec
+    progress: Progress
+    num_processes: int = 1
+    checkpoints: list[Path] = field(default_factory=list)
+    generator: Generator | None = None  # the trained backend (for sampling right after training)
+

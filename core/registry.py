@@ -7,6 +7,9 @@ first call to :func:`get_registry` (never as an import side effect).
 
 * ``RARESYNTH_PLUGINS=a,b`` (or ``raresynth --plugins a,b``) loads only the
   entry points named ``a`` and ``b``; an empty value loads none.
+* ``RARESYNTH_PLUGIN_MODULES=pkg.mod,other`` also loads these importable modules as
+  plugins without installing them (a plugin under development, a test suite's fixture
+  plugins); each is named by its module path. ``RARESYNTH_PLUGINS`` does not filter them.
 * ``RARESYNTH_TRACE_HOOKS=1`` prints every hook call to stderr.
 
 A plugin that fails to import, implements a misspelled hook, or raises while
@@ -17,6 +20,7 @@ every command warns about them on stderr.
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import sys
@@ -33,6 +37,7 @@ from .interfaces import DataFormat, Generator, Metric, PluginParams, Regularizer
 
 ENTRY_POINT_GROUP = "raresynth"
 PLUGINS_ENV = "RARESYNTH_PLUGINS"
+MODULES_ENV = "RARESYNTH_PLUGIN_MODULES"
 TRACE_ENV = "RARESYNTH_TRACE_HOOKS"
 
 hookimpl = pluggy.HookimplMarker("raresynth")
@@ -203,6 +208,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _import_error(module: str, exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({last.filename}:{last.lineno})" if last else ""
+    return f"failed to import {module}: {_one_line(exc)}{where}"
+
+
 def make_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager("raresynth")
     manager.add_hookspecs(hookspecs)
@@ -248,19 +259,18 @@ def load_plugins(only: Sequence[str] | None = None, extra: Iterable[tuple[str, o
         try:
             plugin = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
-            last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            where = f" ({last.filename}:{last.lineno})" if last else ""
-            registry.plugins.append(
-                PluginInfo(
-                    name=ep.name,
-                    module=ep.value,
-                    distribution=dist_name,
-                    version=version,
-                    error=f"failed to import {ep.value}: {_one_line(exc)}{where}",
-                )
-            )
+            registry.plugins.append(PluginInfo(name=ep.name, module=ep.value, distribution=dist_name, version=version,
+                                               error=_import_error(ep.value, exc)))
             continue
         registry.add(plugin, name=ep.name, module=ep.value, distribution=dist_name, version=version)
+    for module_name in parse_plugin_list(os.environ.get(MODULES_ENV)) or []:
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # noqa: BLE001 - as for entry points
+            registry.plugins.append(PluginInfo(name=module_name, module=module_name,
+                                               error=f"{_import_error(module_name, exc)} (named in {MODULES_ENV})"))
+            continue
+        registry.add(module, name=module_name, module=module_name)
     for name, plugin in extra:
         registry.add(plugin, name=name, module=getattr(plugin, "__name__", type(plugin).__name__))
     return registry

@@ -1,4 +1,4 @@
-"""Shared fixtures: a registry with the installed plugins plus the test-only toy plugin."""
+"""Shared fixtures: a registry with the installed plugins plus the test-only toy and dcgan plugins."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ TESTS = Path(__file__).parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+import dcgan_plugin  # noqa: E402
 import toy_plugin  # noqa: E402
-
 from raresynth.registry import load_plugins, set_registry  # noqa: E402
 
 
 @pytest.fixture
 def registry():
-    """Installed plugins + the toy plugin, also installed as the process-wide registry."""
-    reg = load_plugins(only=None, extra=[("toy", toy_plugin)])
+    """Installed plugins + the toy and dcgan fixture plugins, also installed as the process-wide registry."""
+    reg = load_plugins(only=None, extra=[("toy", toy_plugin), ("dcgan", dcgan_plugin)])
     set_registry(reg)
     yield reg
     set_registry(None)

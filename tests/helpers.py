@@ -17,6 +17,12 @@ from raresynth.data import load_dataset
 HERE = Path(__file__).parent
 
 
+def fixture_plugins_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that must see the fixture plugin ``dcgan`` (tests/dcgan_plugin)."""
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "PYTHONPATH": path, "RARESYNTH_PLUGIN_MODULES": "dcgan_plugin", **extra}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,14 +8,15 @@ import pytest
 import torch
 import yaml
 
-import raresynth.benchmark as bench
+import raresynth.bench.run as bench
+from helpers import fixture_plugins_env
 from raresynth import ConfigError, RunDirError
-from raresynth.benchmark import default_metrics, expand_variants, load_benchmark, prepare_benchmark, run_benchmark
-from raresynth.checkpoint import list_checkpoints
+from raresynth.bench import default_metrics, expand_variants, load_benchmark, prepare_benchmark, run_benchmark
 from raresynth.cli import main
 from raresynth.config import DataConfig
 from raresynth.data import load_dataset
 from raresynth.training import load_run_generator, synthetic_like_train
+from raresynth.training.checkpoint import list_checkpoints
 
 
 def write_benchmark(tmp_path, **changes):
@@ -313,13 +314,12 @@ def test_results_hold_no_tensors_and_survive_report_only(tmp_path, registry, mon
 
 @pytest.mark.slow
 def test_runs_train_on_two_processes_and_the_harness_measures_alone(tmp_path):
-    import os
     import subprocess
     import sys
 
     path = write_benchmark(tmp_path, variants={"dcgan": {"generator": {"name": "dcgan", "base_channels": 8, "max_channels": 16}}},
                            metrics=["swd"])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = fixture_plugins_env(OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-m", "raresynth", "bench", str(path), "--processes", "2", "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

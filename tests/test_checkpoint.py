@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raresynth.checkpoint import checkpoint_path, flatten, list_checkpoints, load_state, prune_checkpoints, save_state
 from raresynth.errors import RunDirError
+from raresynth.training.checkpoint import checkpoint_path, flatten, list_checkpoints, load_state, prune_checkpoints, save_state
 
 
 def test_optimizer_state_round_trips_exactly(tmp_path):

@@ -104,10 +104,10 @@ def test_bench_errors_are_one_line(registry, capsys, tmp_path):
 def test_installed_console_script_runs(tmp_path):
     exe = Path(sys.executable).parent / "raresynth"
     command = [str(exe)] if exe.exists() else [shutil.which("raresynth") or "raresynth"]
-    result = subprocess.run(command + ["plugins", "--json"], capture_output=True, text=True, env={**os.environ, "RARESYNTH_PLUGINS": "dcgan,formats"})
+    result = subprocess.run(command + ["plugins", "--json"], capture_output=True, text=True, env={**os.environ, "RARESYNTH_PLUGINS": "r1,formats"})
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert set(plugins) == {"dcgan", "formats"}
-    assert plugins["dcgan"]["registers"] == {"generator": ["dcgan"]}
+    assert set(plugins) == {"r1", "formats"}
+    assert plugins["r1"]["registers"] == {"regularizer": ["r1"]}
     result = subprocess.run([sys.executable, "-m", "raresynth", "--version"], capture_output=True, text=True)
     assert result.stdout.startswith("raresynth ")

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from raresynth import ConfigError, DataSpec
-from raresynth.checkpoint import list_checkpoints, load_state
 from raresynth.cli import main
 from raresynth.config import load_config, validate_params
 from raresynth.plugins.diffusion.augment import augment
 from raresynth.plugins.diffusion.backend import DDPM, DDPMParams, DDPMSampleParams, ema_decay
 from raresynth.registry import load_plugins, set_registry
 from raresynth.training import load_run_generator, train
+from raresynth.training.checkpoint import list_checkpoints, load_state
 
 # diffusers' DPM-Solver calls np.array(tensor, copy=False), which numpy 2 flags; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
@@ -251,6 +251,7 @@ def test_ema_decay_warm_up():
 def test_two_processes_end_with_identical_weights(tmp_path):
     """DDP through torchrun (gloo, CPU): both ranks end with the same UNet, EMA and optimizer state."""
     import yaml
+
     from helpers import flat, torchrun_two_processes
 
     config = ddpm_config(tmp_path / "run", labels="auto", aug_hflip=True)

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from helpers import flat, torchrun_two_processes
-from raresynth.checkpoint import list_checkpoints, load_state
+from raresynth.training.checkpoint import list_checkpoints, load_state
 
 
 @pytest.mark.slow

@@ -87,14 +87,14 @@ def test_shipped_run_configs_are_valid(path, registry):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_benchmark_configs_are_valid(path, registry, tmp_path):
-    from raresynth.benchmark import prepare_benchmark
+    from raresynth.bench import prepare_benchmark
 
     benchmark = prepare_benchmark(path, [f"out_dir={tmp_path / 'out'}"], registry=registry)
     assert benchmark.runs and all(run.state == "new" for run in benchmark.runs)
 
 
 def test_the_benchmark_guides_example_config_is_valid(registry, tmp_path):
-    from raresynth.benchmark import prepare_benchmark
+    from raresynth.bench import prepare_benchmark
 
     text = (ROOT / "docs" / "benchmark.md").read_text()
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]

@@ -64,7 +64,7 @@ def test_link_install_registers_the_built_in_plugins(tmp_path):
     assert helper.link_install(ROOT, tmp_path) == 0
     code = ("import raresynth, raresynth.plugins.diffusion; from raresynth.registry import get_registry; "
             "r = get_registry(); print(raresynth.__file__); print(sorted(r.names('generator')), [p.name for p in r.broken])")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "RARESYNTH_PLUGINS": "dcgan,stylegan2_ada,diffusion"}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "RARESYNTH_PLUGINS": "r1,stylegan2_ada,diffusion"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0].startswith(str(tmp_path))
-    assert out.splitlines()[1] == "['dcgan', 'ddpm', 'stylegan2_ada'] []"
+    assert out.splitlines()[1] == "['ddpm', 'stylegan2_ada'] []"

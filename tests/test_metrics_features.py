@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,14 +10,13 @@ from safetensors import safe_open
 
 from helpers import embedded_data
 from raresynth import ConfigError, DataError, ImageSet
-from raresynth import domain_embedding as domain
-from raresynth import features as feats
-from raresynth import similarity
 from raresynth.config import load_config
-from raresynth.domain_embedding import DomainEmbeddingParams, domain_embedding
-from raresynth.features import CACHE_ENV, FeatureCache, PixelEmbedding, Preprocessing, content_hash
-from raresynth.imagesets import check_compatible, concat, load_image_folder, sample_image_set
-from raresynth.similarity import kth_neighbour_distances, pairs_of
+from raresynth.evaluation import domain_embedding as domain
+from raresynth.evaluation import features as feats
+from raresynth.evaluation.domain_embedding import DomainEmbeddingParams, domain_embedding
+from raresynth.evaluation.features import CACHE_ENV, FeatureCache, PixelEmbedding, Preprocessing, content_hash
+from raresynth.evaluation.imagesets import check_compatible, concat, load_image_folder, sample_image_set
+from raresynth.evaluation.similarity import kth_neighbour_distances, pairs_of
 from raresynth.training import load_run_generator, sample_to_folder, train
 
 FAST_DOMAIN = DomainEmbeddingParams(epochs=2, batch_size=16)
@@ -136,16 +133,6 @@ def test_neighbours_and_pairs():
     assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
     sampled = pairs_of(50, 10, generator)
     assert sampled.shape == (10, 2) and (sampled[:, 0] != sampled[:, 1]).all()
-
-
-def test_names_that_moved_out_of_features_are_still_importable_from_it():
-    # plugins written against earlier versions import them from raresynth.features (docs/metrics.md)
-    for module in (domain, similarity):
-        for name in module.__all__:
-            assert getattr(feats, name) is getattr(module, name), name
-    assert not hasattr(feats, "no_such_name")
-    # raresynth.domain_embedding imports raresynth.features: either can be imported first
-    subprocess.run([sys.executable, "-c", "import raresynth.domain_embedding"], check=True)
 
 
 def test_check_compatible_names_the_set():

@@ -12,7 +12,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet
-from raresynth.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
+from raresynth.evaluation.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
 
 TINY = "raresynth-test-tiny"
 T = "_raresynth_test_tiny"  # value names in a non-standard extractor carry its tag

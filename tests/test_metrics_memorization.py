@@ -11,7 +11,7 @@ from PIL import Image
 
 from helpers import embedded_data
 from raresynth import ConfigError, ImageSet
-from raresynth.features import CACHE_ENV
+from raresynth.evaluation.features import CACHE_ENV
 from raresynth.plugins.memorization.audit import mann_whitney_z
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set

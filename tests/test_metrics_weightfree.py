@@ -7,11 +7,11 @@ import torch
 
 from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet
-from raresynth.features import CACHE_ENV
+from raresynth.evaluation.features import CACHE_ENV
+from raresynth.evaluation.similarity import ms_ssim, ms_ssim_scales, ssim
 from raresynth.plugins.weightfree import frd_available
 from raresynth.plugins.weightfree.prdc import prdc
 from raresynth.plugins.weightfree.swd import laplacian_pyramid, pyr_up, pyramid_resolutions
-from raresynth.similarity import ms_ssim, ms_ssim_scales, ssim
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4)
 FAST_DOMAIN = {"epochs": 3}

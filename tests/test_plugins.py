@@ -18,10 +18,10 @@ BUILTIN_FORMATS = {"image_folder", "dicom", "nifti", "npz", "embedded"}
 def test_builtin_plugins_register_through_entry_points():
     registry = load_plugins()
     names = {p.name for p in registry.plugins}
-    assert {"formats", "embedded", "dcgan"} <= names
+    assert {"formats", "embedded", "stylegan2_ada", "diffusion", "r1"} <= names
     assert BUILTIN_FORMATS <= set(registry.names("data_format"))
-    assert "dcgan" in registry.names("generator")
-    assert registry.get("generator", "dcgan").plugin == "dcgan"
+    assert {"stylegan2_ada", "ddpm"} <= set(registry.names("generator"))
+    assert registry.get("generator", "stylegan2_ada").plugin == "stylegan2_ada"
     assert registry.get("data_format", "dicom").plugin == "formats"
     builtin = {p.name: p for p in registry.plugins}["formats"]
     assert builtin.distribution == "raresynth" and builtin.version == raresynth.__version__
@@ -31,11 +31,11 @@ def test_builtin_plugins_register_through_entry_points():
 def test_unknown_name_lists_installed_and_suggests_closest():
     registry = load_plugins()
     with pytest.raises(PluginError) as excinfo:
-        registry.generator("dcgna")
+        registry.generator("stylegan2")
     message = str(excinfo.value)
-    assert "unknown generator 'dcgna'" in message
-    assert "installed: dcgan" in message
-    assert "Did you mean 'dcgan'?" in message
+    assert "unknown generator 'stylegan2'" in message
+    assert "installed: ddpm, stylegan2_ada" in message
+    assert "Did you mean 'stylegan2_ada'?" in message
 
 
 class Misspelled:
@@ -50,7 +50,7 @@ def test_misspelled_hook_is_reported_and_others_keep_working():
     assert "typo" in broken
     assert "unknown hook 'raresynth_register_generator'" in broken["typo"].error
     assert "Did you mean 'raresynth_register_generators'?" in broken["typo"].error
-    assert "dcgan" in registry.names("generator")  # the others still work
+    assert "stylegan2_ada" in registry.names("generator")  # the others still work
     assert registry.manager.get_plugin("typo") is None  # and the broken one is out
 
 
@@ -109,7 +109,7 @@ def test_plugin_that_fails_to_import_is_isolated_and_named_with_its_distribution
     assert broken.name == "broken"
     assert broken.distribution == "raresynth-broken" and broken.version == "0.3"
     assert "a_module_that_is_not_installed" in broken.error
-    assert "dcgan" in registry.names("generator")
+    assert "stylegan2_ada" in registry.names("generator")
     # the CLI lists it and says so in its exit code
     from raresynth.registry import set_registry
 
@@ -117,7 +117,7 @@ def test_plugin_that_fails_to_import_is_isolated_and_named_with_its_distribution
     assert main(["plugins"]) == 1
     out = capsys.readouterr().out
     assert "broken  (raresynth-broken 0.3)  BROKEN" in out
-    assert "generators: dcgan" in out
+    assert "generators: ddpm" in out
 
 
 def test_environment_variable_restricts_plugins(monkeypatch):
@@ -133,11 +133,11 @@ def test_cli_plugins_flag_restricts(capsys):
     from raresynth.registry import set_registry
 
     try:
-        assert main(["--plugins", "dcgan", "plugins"]) == 0
+        assert main(["--plugins", "r1", "plugins"]) == 0
     finally:
         set_registry(None)
     out = capsys.readouterr().out
-    assert "dcgan  (raresynth" in out and "formats" not in out
+    assert "r1  (raresynth" in out and "formats" not in out
 
 
 class Observer:

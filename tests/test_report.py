@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from raresynth import RaresynthError
-from raresynth.report import format_duration, format_number, summarize, write_report
+from raresynth.bench.report import format_duration, format_number, summarize, write_report
 
 VALUES = {
     "swd": {"metric": "swd", "higher_is_better": False, "dataset_specific": False},

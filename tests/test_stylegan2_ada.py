@@ -13,14 +13,14 @@ import torch
 
 from helpers import flat, torchrun_two_processes
 from raresynth import Batch, ConfigError, DataSpec, PenaltyInputs, Progress, Regularizer
-from raresynth.checkpoint import list_checkpoints, load_state, save_state
 from raresynth.config import load_config
 from raresynth.plugins.r1 import R1, R1Params
 from raresynth.plugins.stylegan2_ada import StyleGAN2ADA
-from raresynth.plugins.stylegan2_ada.loss import lazy_adam, lazy_fraction
 from raresynth.plugins.stylegan2_ada.augment import ALL_OPS
+from raresynth.plugins.stylegan2_ada.loss import lazy_adam, lazy_fraction
 from raresynth.plugins.stylegan2_ada.presets import AugmentOp, recommended_batch, recommended_r1_gamma
 from raresynth.training import build_generator, make_accelerator, train
+from raresynth.training.checkpoint import list_checkpoints, load_state, save_state
 
 TINY = {"z_dim": 16, "w_dim": 16, "mapping_layers": 1, "channel_base": 128, "channel_max": 16}
 

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from raresynth import hookimpl
-from raresynth.checkpoint import list_checkpoints, load_state
 from raresynth.config import load_config
 from raresynth.errors import RunDirError, TrainingError
 from raresynth.registry import load_plugins
 from raresynth.training import train
+from raresynth.training.checkpoint import list_checkpoints, load_state
 
 
 class Observer:

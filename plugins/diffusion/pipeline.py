@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raresynth import ConfigError, RunDirError
+from raresynth import ConfigError, RunDirError, load_run_generator
 
 from .samplers import SCHEDULERS, make_scheduler
 
@@ -45,8 +45,6 @@ def export_pipeline(
     is not a ``ddpm`` run or ``out_dir`` holds files (unless ``overwrite``).
     """
     from diffusers import DDPMPipeline
-
-    from raresynth.training import load_run_generator
 
     from .backend import DDPM
 

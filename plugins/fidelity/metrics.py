@@ -1,7 +1,7 @@
 """FID, KID, precision/recall and Inception Score, computed by torch-fidelity.
 
 torch-fidelity's feature extractors compute the features (through
-:mod:`raresynth.features`, which loads their weights from local files only and caches
+raresynth's feature spaces (``raresynth.features``, ``raresynth.Embedding``), which loads their weights from local files only and caches
 features per image set) and torch-fidelity's own functions turn features into the
 metrics, so the numbers match torch-fidelity's:
 
@@ -27,9 +27,20 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from raresynth import ConfigError, ImageSet, Metric, MetricValue, PluginParams
-from raresynth.features import DOMAIN, PIXELS, Embedding, EmbeddingParams, check_embedding, features
-from raresynth.imagesets import check_compatible
+from raresynth import (
+    DOMAIN,
+    PIXELS,
+    ConfigError,
+    Embedding,
+    EmbeddingParams,
+    ImageSet,
+    Metric,
+    MetricValue,
+    PluginParams,
+    check_compatible,
+    check_embedding,
+    features,
+)
 
 
 class FidelityParams(EmbeddingParams):
@@ -68,7 +79,11 @@ class FID(TorchFidelityMetric):
     """Fréchet distance between Gaussians fitted to real and synthetic features."""
 
     def compute(self, train, held_out, synthetic):
-        from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_fid import (
+            KEY_METRIC_FID,
+            fid_features_to_statistics,
+            fid_statistics_to_metric,
+        )
 
         real, fake, suffix = self.real_and_synthetic(train, held_out, synthetic)
         _need(2, fid=len(real), synthetic=len(fake))
@@ -89,7 +104,11 @@ class KID(TorchFidelityMetric):
     metric = "kid"
 
     def compute(self, train, held_out, synthetic):
-        from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+        from torch_fidelity.metric_kid import (
+            KEY_METRIC_KID_MEAN,
+            KEY_METRIC_KID_STD,
+            kid_features_to_metric,
+        )
 
         real, fake, suffix = self.real_and_synthetic(train, held_out, synthetic)
         smaller = min(len(real), len(fake))
@@ -118,7 +137,12 @@ class PRC(TorchFidelityMetric):
     standard = "vgg16"
 
     def compute(self, train, held_out, synthetic):
-        from torch_fidelity.metric_prc import KEY_METRIC_F_SCORE, KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+        from torch_fidelity.metric_prc import (
+            KEY_METRIC_F_SCORE,
+            KEY_METRIC_PRECISION,
+            KEY_METRIC_RECALL,
+            prc_features_to_metric,
+        )
 
         real, fake, suffix = self.real_and_synthetic(train, held_out, synthetic)
         _need(self.params.neighborhood + 1, prc=min(len(real), len(fake)))
@@ -146,7 +170,11 @@ class ISC(TorchFidelityMetric):
     metric = "isc"
 
     def compute(self, train, held_out, synthetic):
-        from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+        from torch_fidelity.metric_isc import (
+            KEY_METRIC_ISC_MEAN,
+            KEY_METRIC_ISC_STD,
+            isc_features_to_metric,
+        )
 
         check_compatible(train, held_out=held_out, synthetic=synthetic)
         embedding = self.params.build_embedding(train, self.extractor, self.metric)

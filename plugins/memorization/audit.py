@@ -36,9 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raresynth import ConfigError
-from raresynth.features import Preprocessing
-from raresynth.similarity import normalized_correlation, pairwise_distances, ssim
+from raresynth import (
+    ConfigError,
+    Preprocessing,
+    normalized_correlation,
+    pairwise_distances,
+    save_grid,
+    ssim,
+)
 
 
 @dataclass
@@ -179,8 +184,6 @@ def audit_space(space: str, synthetic_to_train: torch.Tensor, held_out_to_train:
 
 def save_pairs(audit: SpaceAudit, synthetic: torch.Tensor, train: torch.Tensor, folder: Path, count: int, pairs_per_row: int = 4) -> Path:
     """PNG grid of the closest (synthetic, training) pairs side by side, nearest first, and a JSON list of them."""
-    from raresynth.images import save_grid
-
     pairs = audit.closest_pairs(count)
     tiles = []
     for pair in pairs:

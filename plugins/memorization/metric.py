@@ -8,11 +8,24 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from raresynth import ImageSet, Metric, MetricValue
-from raresynth.features import EmbeddingParams, Preprocessing, check_embedding, features
-from raresynth.imagesets import check_compatible
+from raresynth import (
+    EmbeddingParams,
+    ImageSet,
+    Metric,
+    MetricValue,
+    Preprocessing,
+    check_compatible,
+    check_embedding,
+    features,
+)
 
-from .audit import SpaceAudit, audit_space, embedding_distances, pixel_distances, save_pairs
+from .audit import (
+    SpaceAudit,
+    audit_space,
+    embedding_distances,
+    pixel_distances,
+    save_pairs,
+)
 
 
 class MemorizationParams(EmbeddingParams):

@@ -32,18 +32,36 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raresynth import Batch, ConfigError, Generator, PenaltyInputs, PluginParams, Progress, RaresynthError, RunDirError
+from raresynth import (
+    Batch,
+    ConfigError,
+    Generator,
+    PenaltyInputs,
+    PluginParams,
+    Progress,
+    RaresynthError,
+    RunDirError,
+    list_checkpoints,
+    load_state,
+)
 
 from .augment import AdaptiveP, AugmentPipe
 from .loss import PathLengthPenalty, d_loss, g_loss, lazy_adam
 from .networks import Discriminator, StyleGenerator
-from .presets import MAX_RESOLUTION, MIN_RESOLUTION, SampleParams, StyleGAN2ADAParams, auto_ema_kimg, resolve
+from .presets import (
+    MAX_RESOLUTION,
+    MIN_RESOLUTION,
+    SampleParams,
+    StyleGAN2ADAParams,
+    auto_ema_kimg,
+    resolve,
+)
 
 #: What must match between a transfer-learning checkpoint and the new run.
 ARCH_FIELDS = ("resolution", "channels", "num_classes", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max")
@@ -416,8 +434,6 @@ class StyleGAN2ADA(Generator):
 
         The optimizers, ADA's p and the step counters start afresh.
         """
-        from raresynth.checkpoint import list_checkpoints, load_state
-
         path = Path(source).expanduser()
         if path.is_dir():
             found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)

@@ -28,11 +28,25 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from raresynth import ImageSet, Metric, MetricValue, PluginParams
-from raresynth.features import Preprocessing, content_hash, resolve_device
-from raresynth.imagesets import check_compatible
+from raresynth import (
+    ImageSet,
+    Metric,
+    MetricValue,
+    PluginParams,
+    Preprocessing,
+    check_compatible,
+    content_hash,
+    resolve_device,
+)
 
-from .classifier import TrainSettings, accuracy, auc, balanced_accuracy, predict, train_classifier
+from .classifier import (
+    TrainSettings,
+    accuracy,
+    auc,
+    balanced_accuracy,
+    predict,
+    train_classifier,
+)
 
 Regime = Literal["trtr", "tstr", "tmtr"]
 SCORES = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "auc": auc}

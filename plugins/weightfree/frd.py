@@ -26,9 +26,15 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from raresynth import ImageSet, Metric, MetricValue, PluginParams
-from raresynth.features import Preprocessing, content_hash
-from raresynth.imagesets import check_compatible
+from raresynth import (
+    ImageSet,
+    Metric,
+    MetricValue,
+    PluginParams,
+    Preprocessing,
+    check_compatible,
+    content_hash,
+)
 
 
 def frd_available() -> bool:
@@ -57,9 +63,8 @@ def write_pngs(images: ImageSet, folder: Path) -> list[Path]:
 
 def radiomic_features(images: ImageSet, frd_version: str, num_workers: int | None = None) -> np.ndarray:
     """``(images, features)`` radiomic features as frd-score extracts them (rows of failed images left out)."""
-    from frd_score import frd as frd_module
-
     import radiomics
+    from frd_score import frd as frd_module
 
     radiomics.setVerbosity(60)  # pyradiomics logs a warning per image otherwise ("Image too small to apply LoG filter")
     logging.getLogger("radiomics").setLevel(logging.ERROR)

@@ -7,7 +7,7 @@ look alike (high MS-SSIM). The number only means something next to the same
 measure on real pairs, so both are reported, with their gap.
 
 Images of 16-32 px are too small for MS-SSIM's five scales with an 11 px window;
-:func:`raresynth.similarity.ms_ssim` uses as many scales as fit (1 at 16 px, 2 at 32 px,
+:func:`raresynth.ms_ssim` uses as many scales as fit (1 at 16 px, 2 at 32 px,
 5 from 176 px) with the paper's exponents renormalized.
 """
 
@@ -18,10 +18,17 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from raresynth import ConfigError, ImageSet, Metric, MetricValue, PluginParams
-from raresynth.features import Preprocessing
-from raresynth.imagesets import check_compatible
-from raresynth.similarity import ms_ssim, pairs_of
+from raresynth import (
+    ConfigError,
+    ImageSet,
+    Metric,
+    MetricValue,
+    PluginParams,
+    Preprocessing,
+    check_compatible,
+    ms_ssim,
+    pairs_of,
+)
 
 
 class MSSSIMParams(PluginParams):

@@ -25,10 +25,18 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from raresynth import ConfigError, ImageSet, Metric, MetricValue
-from raresynth.features import EmbeddingParams, check_embedding, features
-from raresynth.imagesets import check_compatible
-from raresynth.similarity import kth_neighbour_distances, pairwise_distances
+from raresynth import (
+    ConfigError,
+    EmbeddingParams,
+    ImageSet,
+    Metric,
+    MetricValue,
+    check_compatible,
+    check_embedding,
+    features,
+    kth_neighbour_distances,
+    pairwise_distances,
+)
 
 #: Naeem et al. used VGG16 features; values in that embedding carry no suffix.
 STANDARD = "vgg16"

@@ -20,9 +20,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from raresynth import ConfigError, ImageSet, Metric, MetricValue, PluginParams
-from raresynth.features import Preprocessing
-from raresynth.imagesets import check_compatible
+from raresynth import (
+    ConfigError,
+    ImageSet,
+    Metric,
+    MetricValue,
+    PluginParams,
+    Preprocessing,
+    check_compatible,
+)
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 

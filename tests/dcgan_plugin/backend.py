@@ -1,4 +1,4 @@
-"""The ``dcgan`` backend: a small, fast GAN baseline for the demo and smoke tests.
+"""The ``dcgan`` backend: a small, fast GAN for the test suite (not a built-in plugin).
 
 Loss: the non-saturating logistic GAN loss (Goodfellow et al., "Generative
 Adversarial Nets", NeurIPS 2014, sec. 3):

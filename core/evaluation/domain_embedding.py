@@ -1,7 +1,7 @@
 """The ``domain`` embedding: a small CNN trained on the real training split only.
 
-:func:`raresynth.features.make_embedding` builds it here for ``embedding: domain`` (the
-default of :class:`~raresynth.features.EmbeddingParams`). The encoder
+:func:`raresynth.evaluation.embeddings.make_embedding` builds it here for ``embedding: domain``
+(the default of :class:`~raresynth.evaluation.embeddings.EmbeddingParams`). The encoder
 (:class:`DomainEncoder`) learns from the *training* split alone: SimCLR's contrastive
 loss over two augmented views (:func:`augment`, :func:`nt_xent`), plus a label loss when
 the training set has labels. It needs no download and is deterministic for its
@@ -10,9 +10,8 @@ the training set has labels. It needs no download and is deterministic for its
 
 :func:`domain_embedding` trains an encoder once per training set and options
 (:func:`domain_embedding_key`) and keeps its weights as safetensors under
-``$RARESYNTH_CACHE_DIR/embeddings/``. Its options, :class:`DomainEmbeddingParams`, are
-defined in :mod:`raresynth.features` beside ``EmbeddingParams``, which holds them as a
-field, and are importable from here too.
+``$RARESYNTH_CACHE_DIR/embeddings/``. Its options are :class:`DomainEmbeddingParams`
+(a metric's ``domain_embedding`` field).
 """
 
 from __future__ import annotations
@@ -20,13 +19,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from .errors import ConfigError
-from .features import DOMAIN, DomainEmbeddingParams, Embedding, Preprocessing, cache_root, content_hash, resolve_device
-from .interfaces import ImageSet
+from ..errors import ConfigError
+from ..interfaces import ImageSet, PluginParams
+from .features import (
+    DOMAIN,
+    Embedding,
+    Preprocessing,
+    cache_root,
+    content_hash,
+    resolve_device,
+)
+
+
+class DomainEmbeddingParams(PluginParams):
+    """Options of the ``domain`` embedding (a metric's ``domain_embedding`` field)."""
+
+    mode: Literal["auto", "contrastive", "supervised"] = Field(
+        "auto", description="auto: contrastive, plus a label loss when the training set has labels")
+    resolution: int = Field(32, ge=8, description="images are resized to this before the encoder")
+    width: int = Field(16, ge=4, description="channels of the first conv block (doubled in each of 3 blocks)")
+    dim: int = Field(128, ge=2, description="embedding dimension")
+    epochs: int = Field(30, ge=1, description="passes over the training split")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (SimCLR)")
+    seed: int = 0
+
+
+
 
 ENCODER_VERSION = "domain-encoder-v1"
 

@@ -9,7 +9,7 @@
   every image in another, in pixel space.
 
 They take tensors and cache nothing; the features they compare come from
-:mod:`raresynth.features`.
+:mod:`raresynth.evaluation.features`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

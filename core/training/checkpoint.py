@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import RunDirError
+from ..errors import RunDirError
 
 FORMAT_VERSION = "1"
 STATE_KEY = "raresynth_state"

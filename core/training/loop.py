@@ -28,11 +28,9 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,89 +41,27 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
+from ..config import RunConfig, load_config, resolve_plugins, save_config
+from ..data.dataset import Dataset, check_split, load_dataset, load_split, save_split
+from ..data.images import save_grid
+from ..errors import ConfigError, RunDirError, TrainingError
+from ..evaluation.imagesets import sample_image_set
+from ..interfaces import (
+    Batch,
+    DataSpec,
+    Generator,
+    ImageSet,
+    Metric,
+    Progress,
+    Regularizer,
+    RunInfo,
+)
+from ..registry import Registry, get_registry
 from . import checkpoint as ckpt
-from .config import RunConfig, load_config, resolve_plugins, save_config
-from .data import Dataset, check_split, load_dataset, load_split, save_split
-from .errors import ConfigError, RunDirError, TrainingError
-from .images import save_grid
-from .imagesets import sample_image_set
-from .interfaces import Batch, DataSpec, Generator, ImageSet, Metric, Progress, Regularizer
-from .registry import Registry, get_registry
+from .rundir import check_resumable, prepare_run_dir, write_data_json
 
-RUN_FILES = ("config.yaml", "data.json", "split.json", "log.jsonl", "metrics.json", "metrics", "checkpoints", "samples", "tensorboard")
 GRID_SEEDS_OFFSET = 0  # sample grids always use seeds 0..grid_size-1, comparable across snapshots
 METRIC_SEEDS_OFFSET = 1_000_000  # synthetic sets for metrics: seeds apart from the grids' seeds
-
-
-@dataclass
-class RunInfo:
-    """What lifecycle hooks see of a run."""
-
-    run_dir: Path
-    config: RunConfig
-    spec: DataSpec
-    progress: Progress
-    num_processes: int = 1
-    checkpoints: list[Path] = field(default_factory=list)
-    generator: Generator | None = None  # the trained backend (for sampling right after training)
-
-
-# ---------------------------------------------------------------------------
-# Run directory
-# ---------------------------------------------------------------------------
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to write into an existing run unless asked; never delete foreign files."""
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite exclude each other: resume continues the run, overwrite starts afresh")
-    existing = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    if resume:
-        if not ckpt.list_checkpoints(run_dir / "checkpoints"):
-            raise RunDirError(f"{run_dir}: no checkpoint to resume from; start the run without --resume")
-        return
-    if not existing:
-        return
-    if not overwrite:
-        raise RunDirError(f"{run_dir}: run directory already exists; pass --resume to continue it or --overwrite to start afresh")
-    foreign = [name for name in existing if name not in RUN_FILES]
-    if foreign:
-        raise RunDirError(
-            f"{run_dir}: --overwrite would delete files raresynth did not write ({', '.join(foreign[:3])}); choose another run_dir"
-        )
-    for name in existing:
-        target = run_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-
-
-def check_resumable(saved: RunConfig, new: RunConfig, run_dir: Path) -> list[str]:
-    """Refuse what would make the checkpoint meaningless; return the other changes.
-
-    The data, the seed, the backend and the list of regularizers must stay; options
-    (a lower learning rate after a divergence, a longer budget) may change.
-    """
-    fixed = {
-        "data": (saved.data, new.data),
-        "seed": (saved.seed, new.seed),
-        "generator.name": (saved.generator.name, new.generator.name),
-        "regularizers": ([r.name for r in saved.regularizers], [r.name for r in new.regularizers]),
-    }
-    changed = [name for name, (old, now) in fixed.items() if old != now]
-    if changed:
-        raise RunDirError(f"{run_dir}: cannot resume with a changed {', '.join(changed)}; start a new run_dir instead")
-    return [f"{key}: {old} -> {now}" for key, old, now in config_differences(saved.plain(), new.plain()) if key != "run_dir"]
-
-
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(dotted key, old, new)`` for every value that differs between two plain configs."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in sorted(set(old) | set(new), key=str):
-            found += config_differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return found
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [d for i, (a, b) in enumerate(zip(old, new)) for d in config_differences(a, b, f"{prefix}.{i}")]
-    return [] if old == new else [(prefix, old, new)]
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -233,26 +169,6 @@ def restore_training_state(generator: Generator, state: Mapping[str, Any], progr
         reg.load_state_dict(reg_state)
     progress.nimg = int(state["progress"]["nimg"])
     progress.step = int(state["progress"]["step"])
-
-
-def write_data_json(dataset: Dataset, path: Path) -> None:
-    spec = dataset.spec
-    payload = {
-        "format": dataset.format,
-        "spec": {"resolution": spec.resolution, "channels": spec.channels, "class_names": list(spec.class_names), "num_train": spec.num_train},
-        "skipped": [list(item) for item in dataset.skipped],
-    }
-    path.write_text(json.dumps(payload, indent=1))
-
-
-def read_data_spec(run_dir: Path) -> DataSpec:
-    path = run_dir / "data.json"
-    if not path.is_file():
-        raise RunDirError(f"{run_dir}: not a raresynth run directory (no data.json)")
-    spec = json.loads(path.read_text())["spec"]
-    return DataSpec(resolution=spec["resolution"], channels=spec["channels"], class_names=tuple(spec["class_names"]), num_train=spec["num_train"])
-
-
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
@@ -505,96 +421,5 @@ class RunLogger:
             self.tensorboard.close()
 
 
-# ---------------------------------------------------------------------------
-# Sampling from a finished (or running) run
-# ---------------------------------------------------------------------------
-
-
-def load_run_generator(run_dir: Path, checkpoint: Path | None = None, registry: Registry | None = None) -> tuple[Generator, RunConfig, Path, dict[str, Any]]:
-    """Rebuild a run's backend from its directory and load a checkpoint (the latest by default)."""
-    registry = registry or get_registry()
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise RunDirError(f"{run_dir}: not a raresynth run directory (no config.yaml)")
-    config = load_config(config_path, registry=registry)
-    spec = read_data_spec(run_dir)
-    if checkpoint is None:
-        found = ckpt.list_checkpoints(run_dir / "checkpoints")
-        if not found:
-            raise RunDirError(f"{run_dir}: no checkpoint yet; train longer or check the run's log.jsonl")
-        checkpoint = found[-1]
-    generator = build_generator(config, spec, registry)
-    generator.setup(make_accelerator(mixed_precision="no"))
-    state = ckpt.load_state(checkpoint)
-    generator.load_state_dict(state["generator"])
-    return generator, config, Path(checkpoint), state["progress"]
-
-
-def sample_to_folder(
-    run_dir: Path,
-    out: Path,
-    n: int,
-    seed: int = 0,
-    label: str | None = None,
-    options: Sequence[str] = (),
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-    registry: Registry | None = None,
-    batch_size: int = 64,
-) -> Path:
-    """Write ``n`` PNGs for seeds ``seed .. seed+n-1`` and a ``manifest.json``; return the manifest path."""
-    from .config import apply_overrides, validate_params
-    from .images import to_uint8
-
-    generator, config, checkpoint, progress = load_run_generator(run_dir, checkpoint, registry)
-    option_values = apply_overrides({}, options)
-    sample_params = validate_params(generator.SampleParams, option_values, "sample option")
-    spec = generator.spec
-    labels = None
-    if label is not None:
-        if not spec.num_classes:
-            raise RunDirError(f"{run_dir}: --label given, but the run was trained without labels")
-        if label not in spec.class_names and not (label.isdigit() and int(label) < spec.num_classes):
-            raise RunDirError(f"--label '{label}': not a class of this run; classes: {', '.join(spec.class_names)}")
-        index = spec.class_names.index(label) if label in spec.class_names else int(label)
-        labels = torch.full((n,), index, dtype=torch.int64)
-    else:
-        labels = cycled_labels(spec, n)
-    out = Path(out)
-    names = [f"seed{seed + i:06d}.png" for i in range(n)]
-    clashes = [name for name in names + ["manifest.json"] if (out / name).exists()]
-    if clashes and not overwrite:
-        raise RunDirError(f"{out}: {clashes[0]} already exists; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    from PIL import Image
-
-    entries = []
-    for start in range(0, n, batch_size):
-        seeds = list(range(seed + start, seed + min(n, start + batch_size)))
-        batch_labels = labels[start : start + len(seeds)] if labels is not None else None
-        images = to_uint8(generator.sample(seeds, batch_labels, sample_params))
-        for offset, array in enumerate(images):
-            i = start + offset
-            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(out / names[i])
-            entry: dict[str, Any] = {"file": names[i], "seed": seed + i}
-            if labels is not None:
-                entry["label"] = int(labels[i])
-                entry["class_name"] = spec.class_names[int(labels[i])]
-            entries.append(entry)
-    manifest = {
-        "run_dir": str(Path(run_dir).resolve()),
-        "checkpoint": checkpoint.name,
-        "kimg": progress["nimg"] / 1000,
-        "generator": config.generator.name,
-        "options": sample_params.model_dump(mode="json"),
-        "images": entries,
-    }
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
-    return path
-
-
 def dry_run_text(config: RunConfig) -> str:
     return yaml.safe_dump(config.plain(), sort_keys=False)
-

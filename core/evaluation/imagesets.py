@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import DataConfig, IntensityConfig
-from .errors import ConfigError, DataError
-from .interfaces import Generator, ImageSet, PluginParams, RawImage, Record
+from ..config import DataConfig, IntensityConfig
+from ..data.preprocess import preprocess
+from ..errors import ConfigError, DataError
+from ..interfaces import Generator, ImageSet, PluginParams, RawImage, Record
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 MANIFEST = "manifest.json"
@@ -39,8 +40,6 @@ def _images_in(folder: Path) -> list[Path]:
 def read_image(path: Path, resolution: int, channels: int, upscale: bool = False) -> np.ndarray:
     """One image file as ``(C, R, R)`` float32 in ``[-1, 1]``, preprocessed as the data pipeline does."""
     from PIL import Image, UnidentifiedImageError
-
-    from .data import preprocess
 
     try:
         with Image.open(path) as image:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .errors import RaresynthError
+from ..errors import RaresynthError
 
 REPORT_FILE = "report.md"
 CSV_FILE = "results.csv"

@@ -18,9 +18,7 @@ them the same building blocks, so that every metric sees an image the same way:
       label loss when the training set has labels); needs no download. Its
       values are dataset-specific: metric plugins label them with ``_domain`` and
       they must not be compared across datasets. The trained weights are cached per
-      training set (safetensors). It lives in :mod:`raresynth.domain_embedding`;
-      its options, :class:`DomainEmbeddingParams`, are here, beside
-      :class:`EmbeddingParams`, the options every embedding metric derives from.
+      training set (safetensors). It lives in :mod:`raresynth.evaluation.domain_embedding`.
   any torch-fidelity feature extractor (``inception-v3-compat``, ``vgg16``, or one
       registered with ``torch_fidelity.register_feature_extractor``)
       with its weights read from a local file (:func:`resolve_weights`): raresynth
@@ -33,9 +31,10 @@ them the same building blocks, so that every metric sees an image the same way:
   reuses stale features.
 
 Distances and pixel-space similarity (``pairwise_distances``, ``ssim``, ``ms_ssim``,
-``normalized_correlation``, ...) are in :mod:`raresynth.similarity`. The public names
-that moved to these two modules can still be imported from here, for plugins written
-against earlier versions.
+``normalized_correlation``, ...) are in :mod:`raresynth.evaluation.similarity`; choosing
+an embedding by name and the options every embedding metric derives from
+(:class:`~raresynth.evaluation.embeddings.EmbeddingParams`) in
+:mod:`raresynth.evaluation.embeddings`.
 
 Environment: ``RARESYNTH_CACHE_DIR`` (default ``~/.cache/raresynth``; empty: memory
 only) holds ``features/`` and ``embeddings/``; ``RARESYNTH_WEIGHTS_DIR`` is where
@@ -51,26 +50,12 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from .errors import ConfigError
-from .interfaces import ImageSet, PluginParams
-
-# Re-exported for plugins written against earlier versions, where these lived here.
-from .similarity import (  # noqa: F401
-    MS_SSIM_WEIGHTS,
-    kth_neighbour_distances,
-    ms_ssim,
-    ms_ssim_scales,
-    normalized_correlation,
-    pairs_of,
-    pairwise_distances,
-    ssim,
-)
+from ..errors import ConfigError
+from ..interfaces import ImageSet
 
 CACHE_ENV = "RARESYNTH_CACHE_DIR"
 WEIGHTS_ENV = "RARESYNTH_WEIGHTS_DIR"
@@ -121,7 +106,7 @@ def content_hash(images: torch.Tensor, labels: torch.Tensor | None = None) -> st
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``[-1, 1]`` float -> uint8 ``(N, C, H, W)``, rounded as ``raresynth.images.to_uint8`` does."""
+    """``[-1, 1]`` float -> uint8 ``(N, C, H, W)``, rounded as ``raresynth.data.images.to_uint8`` does."""
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
@@ -482,125 +467,3 @@ class TorchFidelityEmbedding(Embedding):
 
 
 # -- the domain embedding's options ---------------------------------------
-
-# The embedding itself is in raresynth.domain_embedding; its options are here because
-# EmbeddingParams below holds them as a field, and that module imports this one.
-
-
-class DomainEmbeddingParams(PluginParams):
-    """Options of the ``domain`` embedding (a metric's ``domain_embedding`` field)."""
-
-    mode: Literal["auto", "contrastive", "supervised"] = Field(
-        "auto", description="auto: contrastive, plus a label loss when the training set has labels")
-    resolution: int = Field(32, ge=8, description="images are resized to this before the encoder")
-    width: int = Field(16, ge=4, description="channels of the first conv block (doubled in each of 3 blocks)")
-    dim: int = Field(128, ge=2, description="embedding dimension")
-    epochs: int = Field(30, ge=1, description="passes over the training split")
-    batch_size: int = Field(64, ge=2)
-    lr: float = Field(3e-3, gt=0)
-    temperature: float = Field(0.2, gt=0, description="NT-Xent temperature (SimCLR)")
-    seed: int = 0
-
-
-# -- choosing an embedding by name ----------------------------------------
-
-
-def make_embedding(name: str, train: ImageSet | None = None, *, metric: str = "fid", layer: str | None = None,
-                   weights_path: str | None = None, verify_weights: bool = True, domain: DomainEmbeddingParams | None = None,
-                   device: str = "auto", batch_size: int = 64, seed: int = 0) -> Embedding:
-    """The embedding ``name`` names: ``pixels``, ``domain`` (trained on ``train``) or a torch-fidelity extractor.
-
-    ``metric`` picks a torch-fidelity extractor's default layer (``fid``, ``kid``,
-    ``prc`` or ``isc``) when ``layer`` is not given.
-    """
-    if name == PIXELS:
-        return PixelEmbedding()
-    if name == DOMAIN:
-        if train is None:
-            raise ValueError("the domain embedding is trained on the training split: pass train")
-        from .domain_embedding import domain_embedding  # imported here: domain_embedding builds on this module
-
-        return domain_embedding(train, domain, device)
-    return TorchFidelityEmbedding(name, layer, metric, weights_path, verify_weights, device, batch_size, seed)
-
-
-def check_embedding(name: str, weights_path: str | None = None, verify_weights: bool = True) -> None:
-    """Fail early (:class:`ConfigError`) on an unknown embedding name or a missing weights file."""
-    if name in (PIXELS, DOMAIN):
-        return
-    known = torch_fidelity_extractors()
-    if name not in known:
-        raise ConfigError(f"embedding: unknown '{name}'; choose '{DOMAIN}', '{PIXELS}' or a torch-fidelity extractor "
-                          f"({', '.join(known)}), or register one with torch_fidelity.register_feature_extractor")
-    resolve_weights(name, weights_path, verify_weights)
-
-
-class EmbeddingParams(PluginParams):
-    """Options of a metric that compares image sets in an embedding (metric ``Params`` derive from it)."""
-
-    embedding: str = Field(DOMAIN, description="'domain', 'pixels', or a torch-fidelity extractor ('inception-v3-compat', 'vgg16', ...)")
-    feature_layer: str | None = Field(None, description="a torch-fidelity extractor's layer; default: torch-fidelity's for the metric")
-    weights_path: str | None = Field(
-        None, description="the extractor's weights file (or its folder); default: $RARESYNTH_WEIGHTS_DIR/<file name>")
-    verify_weights: bool = Field(True, description="check the weights file's sha256 against the expected one")
-    domain_embedding: DomainEmbeddingParams = DomainEmbeddingParams()
-    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    batch_size: int = Field(64, ge=1)
-    seed: int = Field(0, description="seeds the metric's random choices (domain_embedding.seed seeds the embedding's training)")
-
-    def build_embedding(self, train: ImageSet, name: str | None = None, metric: str = "fid") -> Embedding:
-        """The embedding these options describe (``name`` overrides ``embedding``)."""
-        return make_embedding(name or self.embedding, train, metric=metric, layer=self.feature_layer, weights_path=self.weights_path,
-                              verify_weights=self.verify_weights, domain=self.domain_embedding, device=self.device,
-                              batch_size=self.batch_size, seed=self.seed)
-
-
-# -- names that moved to raresynth.domain_embedding -----------------------
-
-
-def __getattr__(name: str) -> object:
-    """``raresynth.features.domain_embedding`` and the domain embedding's other public names.
-
-    Re-exported for plugins written against earlier versions, where these lived here;
-    looked up on first use rather than imported above, because raresynth.domain_embedding
-    imports this module.
-    """
-    if not name.startswith("_"):
-        from . import domain_embedding as module
-
-        if name in getattr(module, "__all__", ()):
-            return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "CACHE_ENV",
-    "DOMAIN",
-    "KNOWN_WEIGHTS",
-    "PIXELS",
-    "WEIGHTS_ENV",
-    "DomainEmbeddingParams",
-    "Embedding",
-    "EmbeddingParams",
-    "FeatureCache",
-    "PixelEmbedding",
-    "Preprocessing",
-    "TorchFidelityEmbedding",
-    "cache_root",
-    "check_embedding",
-    "content_hash",
-    "default_cache",
-    "features",
-    "make_embedding",
-    "resolve_weights",
-    "to_uint8",
-    # re-exported, see above
-    "DomainEmbedding",
-    "domain_embedding",
-    "kth_neighbour_distances",
-    "ms_ssim",
-    "normalized_correlation",
-    "pairs_of",
-    "pairwise_distances",
-    "ssim",
-]

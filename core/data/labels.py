@@ -1,0 +1,98 @@
+"""Labels: from the format (class folders, NPZ labels), a CSV file, or none (``data.labels``)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..config import DataConfig
+from ..errors import DataError
+from ..interfaces import Record
+from .preprocess import describe_record
+
+# ---------------------------------------------------------------------------
+# Labels
+# ---------------------------------------------------------------------------
+
+
+def apply_labels(records: list[Record], config: DataConfig) -> tuple[list[Record], list[tuple[str, str]]]:
+    """Set each record's label as ``config.labels`` says; return the records kept and those skipped.
+
+    ``none`` drops labels; ``auto`` keeps the format's (all or none); otherwise
+    ``config.labels`` is a CSV file mapping record ids to class names.
+    """
+    if config.labels == "none":
+        return [_with_label(record, None) for record in records], []
+    if config.labels == "auto":
+        unlabelled = [record for record in records if record.label is None]
+        if unlabelled and len(unlabelled) < len(records):
+            raise DataError(
+                f"{describe_record(unlabelled[0])}: has no label while {len(records) - len(unlabelled)} other images do; "
+                "give every image a label (or set data.labels: none)"
+            )
+        return records, []
+    return _labels_from_csv(records, Path(config.labels), config)
+
+
+def _labels_from_csv(records: list[Record], csv_path: Path, config: DataConfig) -> tuple[list[Record], list[tuple[str, str]]]:
+    table = read_label_csv(csv_path, config.labels_file_column, config.labels_column)
+    record_ids = {record.id for record in records}
+    file_ids = {record.id.split("#", 1)[0] for record in records}
+    for entry in table:
+        if entry not in record_ids and entry not in file_ids:
+            raise DataError(f"{csv_path}: names '{entry}', which is not an image in data.source; fix or remove that row")
+    kept, skipped = [], []
+    for record in records:
+        label = table.get(record.id, table.get(record.id.split("#", 1)[0]))
+        if label is not None:
+            kept.append(_with_label(record, label))
+            continue
+        reason = f"{csv_path}: has no row for '{record.id}'"
+        if config.on_bad_file == "error":
+            raise DataError(f"{reason}; add a row for it, or set data.on_bad_file: skip to leave unlabelled images out")
+        skipped.append((record.id, reason))
+    return kept, skipped
+
+
+def read_label_csv(path: Path, file_column: str, label_column: str) -> dict[str, str]:
+    """``{record id: class name}`` from a CSV file; ids may also name a whole volume file."""
+    if not path.is_file():
+        raise DataError(f"{path}: labels CSV not found (data.labels)")
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        reader = csv.DictReader(file)
+        columns = reader.fieldnames or []
+        for column, setting in ((file_column, "labels_file_column"), (label_column, "labels_column")):
+            if column not in columns:
+                raise DataError(f"{path}: no column '{column}' (columns: {', '.join(columns) or 'none'}); set data.{setting}")
+        table: dict[str, str] = {}
+        for line, row in enumerate(reader, start=2):
+            entry = _normalize_id(row[file_column] or "")
+            label = (row[label_column] or "").strip()
+            if not entry or not label:
+                raise DataError(f"{path}: line {line} has an empty '{file_column}' or '{label_column}'")
+            if table.get(entry, label) != label:
+                raise DataError(f"{path}: '{entry}' is listed twice with different labels ({table[entry]}, {label})")
+            table[entry] = label
+    return table
+
+
+def _normalize_id(entry: str) -> str:
+    entry = entry.strip().replace("\\", "/")
+    return entry[2:] if entry.startswith("./") else entry
+
+
+def _with_label(record: Record, label: str | None) -> Record:
+    return replace(record, label=label)
+
+
+def class_names_of(records: Iterable[Record]) -> tuple[str, ...]:
+    """The sorted class names (numbers in names compare as numbers: "2" before "10")."""
+    return tuple(sorted({r.label for r in records if r.label is not None}, key=_natural_key))
+
+
+def _natural_key(text: str) -> list[Any]:
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
