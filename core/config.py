@@ -131,6 +131,20 @@ class ScheduleConfig(_Strict):
     metric_samples: int = Field(0, ge=0)  # synthetic images for end-of-run metrics; 0: as many as train
 
 
+class EvaluationConfig(_Strict):
+    """How metric values are qualified: reference rows and intervals (docs/metrics.md)."""
+
+    references: bool = True  # measure the real (held-out), copies and noise reference rows (cached per dataset)
+    resamples: int = Field(10, ge=0)  # half-samples of each synthetic set for the intervals; 0: none
+
+    @field_validator("resamples")
+    @classmethod
+    def _not_one(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("one half-sample gives no spread: use 0 (no intervals) or at least 2")
+        return value
+
+
 class RunConfig(_Strict):
     run_dir: str = "runs/default"
     seed: int = 0
@@ -142,6 +156,7 @@ class RunConfig(_Strict):
     batch_size: int = Field(16, ge=1)  # global batch, over all processes
     precision: Literal["no", "fp16", "bf16"] = "no"  # Accelerate's mixed_precision
     schedule: ScheduleConfig = ScheduleConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -89,13 +89,53 @@ class ImageSet:
         return int(self.images.shape[0])
 
 
+#: What a metric value's ideal is: the extreme that means better, or the value that real
+#: images of this dataset get (``"real"``: closest to the ``real (held-out)`` reference row
+#: is best, e.g. MS-SSIM diversity, Meehan et al.'s Z, authenticity), or ``"none"``
+#: (context such as a real-vs-real baseline or a spread: never ranked).
+IDEALS = ("higher", "lower", "real", "none")
+#: Which question a value answers; it decides which trivial reference a value must tell
+#: apart from real images to be informative (see :attr:`MetricValue.must_beat`).
+QUESTIONS = ("fidelity", "diversity", "privacy", "utility")
+
+
 @dataclass(frozen=True)
 class MetricValue:
-    """One number a metric reports, with the direction that means better."""
+    """One number a metric reports, and what "better" means for it.
+
+    ``ideal`` is ``"higher"``, ``"lower"``, ``"real"`` (closest to the value the real
+    held-out images get) or ``"none"``; left empty it follows ``higher_is_better``
+    (``True`` -> higher, ``False`` -> lower, ``None`` -> none), and ``higher_is_better``
+    follows ``ideal`` when only that is given. ``question`` says what the value measures
+    (fidelity, diversity, privacy, utility).
+    """
 
     name: str
     value: float
-    higher_is_better: bool
+    higher_is_better: bool | None = None
+    ideal: str = ""
+    question: str = "fidelity"
+
+    def __post_init__(self) -> None:
+        ideal = self.ideal or {True: "higher", False: "lower", None: "none"}[self.higher_is_better]
+        if ideal not in IDEALS:
+            raise ValueError(f"MetricValue {self.name!r}: ideal must be one of {', '.join(IDEALS)}, not {self.ideal!r}")
+        if self.question not in QUESTIONS:
+            raise ValueError(f"MetricValue {self.name!r}: question must be one of {', '.join(QUESTIONS)}, not {self.question!r}")
+        if self.ideal and self.higher_is_better is not None and {"higher": True, "lower": False}.get(ideal) != self.higher_is_better:
+            raise ValueError(f"MetricValue {self.name!r}: ideal {ideal!r} contradicts higher_is_better={self.higher_is_better}")
+        object.__setattr__(self, "ideal", ideal)
+        object.__setattr__(self, "higher_is_better", {"higher": True, "lower": False}.get(ideal))
+
+    @property
+    def must_beat(self) -> tuple[str, ...]:
+        """The trivial references (``noise``, ``copies``) this value must rank behind real images.
+
+        Fidelity, diversity and utility values must tell noise from real images; copies
+        of training images look real, so they are no test for those. Privacy values must
+        catch copies; that noise is private is no merit.
+        """
+        return ("copies",) if self.question == "privacy" else ("noise",)
 
 
 @dataclass
@@ -265,6 +305,15 @@ class Metric(ABC):
     Params: ClassVar[type[PluginParams]] = PluginParams
     #: What the metric needs beyond images, e.g. {"labels"}; checked before training starts.
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: True when :meth:`compute` looks at ``held_out`` itself (to calibrate, or to test a
+    #: classifier on it). The ``real (held-out)`` reference row then gives it one half of
+    #: the held-out images as the synthetic set and the other half as ``held_out`` (and
+    #: the other way round, averaged), so that no image is compared with itself.
+    uses_held_out: ClassVar[bool] = False
+    #: False when a call of :meth:`compute` is too expensive to repeat on bootstrap
+    #: resamples of the synthetic set (it trains a model, or extracts costly features);
+    #: such values get confidence intervals from several seeds only.
+    bootstrap: ClassVar[bool] = True
 
     def __init__(self, params: PluginParams, spec: DataSpec):
         self.params = params

@@ -9,6 +9,7 @@ import re
 import statistics
 
 import pytest
+from scipy import stats as scipy_stats
 from PIL import Image
 
 from raresynth import RaresynthError
@@ -124,8 +125,13 @@ def test_summarize_means_and_stds_match_statistics():
                 assert stats["std"] == pytest.approx(statistics.stdev(numbers), rel=1e-12)
         assert row["train_seconds"] == pytest.approx(statistics.mean(r["train_seconds"] for r in finished))
         assert row["img_per_s"] == pytest.approx(statistics.mean(r["img_per_s"] for r in finished))
-    assert rows[0]["values"]["utility_accuracy"] == {"mean": 0.71, "std": None, "n": 1}
-    assert rows[1]["values"]["utility_accuracy"] == {"mean": None, "std": None, "n": 0}
+    assert rows[0]["values"]["utility_accuracy"] == {"mean": 0.71, "std": None, "n": 1, "interval": None}  # one seed, no half-samples
+    assert rows[1]["values"]["utility_accuracy"] == {"mean": None, "std": None, "n": 0, "interval": None}
+    # several seeds: Student's t interval of the mean
+    swd = rows[1]["values"]["swd"]
+    numbers = [r["values"]["swd"] for r in results["variants"][1]["runs"] if r["status"] == "done"]
+    half = scipy_stats.t.ppf(0.975, len(numbers) - 1) * statistics.stdev(numbers) / len(numbers) ** 0.5
+    assert swd["interval"] == pytest.approx((statistics.mean(numbers) - half, statistics.mean(numbers) + half))
     assert rows[1]["runs"] == {"done": 2, "failed": 1, "pending": 0} and rows[2]["runs"] == {"done": 2, "failed": 0, "pending": 1}
 
 
@@ -139,7 +145,8 @@ def test_table_has_arrows_and_bolds_the_best_mean_per_direction(written):
     assert bold == {"swd": [1], "precision_domain": [2], "copy_rate": [0], "utility_accuracy": [0]}
     rows = summarize(make_results())
     swd = rows[1]["values"]["swd"]
-    assert body[1][column["swd"]] == f"**{format_number(swd['mean'])} ± {format_number(swd['std'])}**"
+    low, high = swd["interval"]
+    assert body[1][column["swd"]] == f"**{format_number(swd['mean'])} ± {format_number(swd['std'])}** [{format_number(low)}, {format_number(high)}]"
     assert body[0][column["utility_accuracy"]] == "**0.71**"  # one seed: the mean alone
     assert body[1][column["utility_accuracy"]] == "—"
     assert [row[-3] for row in body] == ["3/3 done", "2/3 done, 1 failed", "2/3 done, 1 pending"]
@@ -204,7 +211,7 @@ def test_results_csv_is_tidy_with_one_row_per_finished_run_and_value(written):
     out, _ = written
     with open(out / "results.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["variant", "seed", "status", "value", "number", "higher_is_better", "dataset_specific"]
+    assert list(rows[0]) == ["variant", "seed", "status", "value", "number", "higher_is_better", "dataset_specific", "ideal", "ci_low", "ci_high"]
     expected = {
         (var["name"], str(r["seed"]), name): number
         for var in make_results()["variants"] for r in var["runs"] if r["status"] == "done" for name, number in r["values"].items()
@@ -317,7 +324,7 @@ def test_a_metric_with_many_values_is_transposed_without_its_own_spreads_and_bas
     table = [cells(line) for line in utility.splitlines()]
     assert table[0] == ["value", "stylegan2_ada", "ddpm (dpm++ 25 steps)"]  # 3 values > 2 variants: a row per value
     assert [row[0] for row in table[2:]] == ["utility_trtr_accuracy ↑", "utility_tstr_accuracy ↑", "utility_tmtr_accuracy ↑"]
-    assert table[2][1:] == ["0.9 ± 0", "0.9 ± 0"]  # the same for every variant: no bold
+    assert table[2][1:] == ["0.9 ± 0 [0.9, 0.9]", "0.9 ± 0 [0.9, 0.9]"]  # the same for every variant: no bold
     assert table[3][2].startswith("**0.8") and not table[3][1].startswith("**")
     assert "_std" not in section(text, "Results").split("Spreads that", 1)[0]
     assert "(`..._std`) are in results.csv" in text

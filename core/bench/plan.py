@@ -52,6 +52,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from ..config import (
+    EvaluationConfig,
     PluginRef,
     RunConfig,
     apply_overrides,
@@ -73,6 +74,7 @@ SHARED_FIELDS = {
     "seed": "set the list of seeds in the benchmark's top-level 'seeds'",
     "run_dir": "the harness puts each run in <out_dir>/runs/<variant>/seed-<n>",
     "metrics": "every run is measured the same way: set the benchmark's top-level 'metrics'",
+    "evaluation": "every run is measured the same way: set the benchmark's top-level 'evaluation'",
 }
 #: Keys of a variant that are the harness's, not the run config's.
 VARIANT_KEYS = {"sample", "sweep", "description"}
@@ -97,6 +99,7 @@ class BenchmarkConfig(pydantic.BaseModel):
     synthetic_images: int = Field(0, ge=0)  # images sampled per run for the metrics; 0: as many as the training split
     sampling_seed: int = 1_000_000  # synthetic image i comes from seed sampling_seed + i, in every run
     grid_size: int = Field(16, ge=1, le=256)  # images in each variant's sample grid (seeds 0..grid_size-1)
+    evaluation: EvaluationConfig = EvaluationConfig()  # reference rows and half-samples for intervals and tests
 
     @field_validator("seeds")
     @classmethod

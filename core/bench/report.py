@@ -4,10 +4,16 @@
 one plain ``results`` dict (also saved as ``results.json``). :func:`summarize` reduces
 it to one row per variant; :func:`write_report` writes, into the benchmark folder::
 
-    report.md          results table (mean ± std over seeds, best in bold), settings,
-                       plots, sample grids, failed and pending runs, notes
-    results.csv        tidy: one row per run x value
-    plots/<value>.png  one bar chart per value (seeds as points), and train_time.png
+    report.md          results tables (mean ± std over seeds with a 95% interval, the reference
+                       rows real (held-out) / copies / noise, the best by each value's ideal
+                       in bold, tests of the best against the others), settings, plots,
+                       sample grids, failed and pending runs, notes
+    results.csv        tidy: one row per run x value, and per reference row x value
+    plots/<value>.png  one bar chart per value (seeds as points, reference lines), and train_time.png
+
+A value is bolded only when it is informative on this dataset (it ranks real held-out
+images ahead of the trivial reference it must beat) and the best variant also beats
+that reference: a model whose samples score like noise is never crowned.
 
 Only finished runs (``status: done``) count in means and plots; failed and pending
 runs are listed, never averaged. Structure is required (``variants``, each with
@@ -27,12 +33,14 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import RaresynthError
+from ..evaluation.references import COPIES, LABELS, NOISE, REAL, REFERENCES
+from ..evaluation.statistics import RunValue, cell_interval, score
 
 REPORT_FILE = "report.md"
 CSV_FILE = "results.csv"
 PLOTS_DIR = "plots"
 TRAIN_TIME_PLOT = "train_time"
-CSV_FIELDS = ("variant", "seed", "status", "value", "number", "higher_is_better", "dataset_specific")
+CSV_FIELDS = ("variant", "seed", "status", "value", "number", "higher_is_better", "dataset_specific", "ideal", "ci_low", "ci_high")
 DAGGER_NOTE = (
     "computed in an embedding trained on this dataset's training split: "
     "compare variants within this benchmark only, never across datasets"
@@ -121,6 +129,47 @@ def _seed_values(variant: Mapping[str, Any], name: str) -> list[float]:
     return [values[name] for run in _finished(variant) if name in (values := _run_values(variant, run))]
 
 
+def _run_samples(variant: Mapping[str, Any], name: str) -> list[RunValue]:
+    """Each finished run's value of ``name`` with its half-sample replicates."""
+    samples = []
+    for run in _finished(variant):
+        values = _run_values(variant, run)
+        if name in values:
+            samples.append(RunValue(values[name], [float(x) for x in (run.get("replicates") or {}).get(name, [])]))
+    return samples
+
+
+def ideal_of(info: Mapping[str, Any]) -> str:
+    """A value's ideal (``higher``, ``lower``, ``real``, ``none``), from ``ideal`` or the older ``higher_is_better``."""
+    return info.get("ideal") or {True: "higher", False: "lower"}.get(info.get("higher_is_better"), "none")
+
+
+def reference_rows(results: Mapping[str, Any]) -> list[dict]:
+    """The reference rows (real held-out, copies, noise) in :func:`summarize`'s shape, ``reference`` set."""
+    references = results.get("references") or {}
+    rows = []
+    for ref in REFERENCES:
+        measured = references.get(ref)
+        if not measured:
+            continue
+        values = {}
+        for name in _value_names(results):
+            entry = measured.get(name)
+            if entry is None or entry.get("value") is None:
+                values[name] = {"mean": None, "std": None, "n": 0, "interval": None}
+                continue
+            value = float(entry["value"])
+            interval = cell_interval([RunValue(value, [float(x) for x in entry.get("replicates") or []])])
+            values[name] = {"mean": value, "std": None, "n": 1, "interval": interval}
+        rows.append({"variant": ref, "label": LABELS[ref], "reference": True, "values": values})
+    return rows
+
+
+def reference_value(results: Mapping[str, Any], ref: str, name: str) -> float | None:
+    entry = ((results.get("references") or {}).get(ref) or {}).get(name)
+    return None if entry is None or entry.get("value") is None else float(entry["value"])
+
+
 def _seed_field(variant: Mapping[str, Any], key: str) -> list[float]:
     """One number per finished run that has run field ``key`` (``train_seconds``, ...)."""
     numbers = [_number(run, key, f"variant '{variant['name']}' seed {run['seed']}") for run in _finished(variant)]
@@ -147,7 +196,8 @@ def summarize(results: dict) -> list[dict]:
         for name in names:
             numbers = _seed_values(variant, name)
             mean, std = _mean_std(numbers)
-            values[name] = {"mean": mean, "std": std, "n": len(numbers)}
+            interval = cell_interval(_run_samples(variant, name)) if numbers else None
+            values[name] = {"mean": mean, "std": std, "n": len(numbers), "interval": interval}
         row = {"variant": variant["name"], "label": _label(variant), "runs": runs, "total_runs": len(variant["runs"]), "values": values}
         for key in ("train_seconds", "img_per_s", "peak_mem_gib"):
             row[key] = _mean_std(_seed_field(variant, key))[0]
@@ -213,27 +263,47 @@ def _metric_ref(ref: Any) -> str:
 
 
 def _direction(info: Mapping[str, Any]) -> str:
-    higher = info.get("higher_is_better")
-    return "" if higher is None else (" ↑" if higher else " ↓")
+    return {"higher": " ↑", "lower": " ↓", "real": " ≈"}.get(ideal_of(info), "")
 
 
-def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, higher: bool | None) -> set[int]:
-    """Indices of the rows with the best finite mean (all of them on a tie); none with fewer than two to compare or all equal."""
-    means = {i: row["values"][name]["mean"] for i, row in enumerate(rows)}
-    finite = {i: m for i, m in means.items() if m is not None and math.isfinite(m)}
-    if higher is None or len(finite) < 2:
+def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> set[int]:
+    """Indices of the variant rows with the best finite mean by the value's ideal (all of them on a tie).
+
+    None when fewer than two variants have the value, all are equal (a shared
+    baseline), the value is uninformative on this dataset, its ideal is the real
+    images' value and there is no real (held-out) row, or the best variant does not
+    beat the trivial reference the value must beat (it scores like noise).
+    """
+    results = results or {}
+    ideal = ideal_of(info)
+    if ideal == "none" or info.get("informative") is False:
         return set()
-    best = max(finite.values()) if higher else min(finite.values())
-    if all(m == best for m in finite.values()):  # a shared baseline (real-vs-real values): nothing to compare
+    real = reference_value(results, REAL, name)
+    if ideal == "real" and real is None:
         return set()
-    return {i for i, m in finite.items() if m == best}
+    means = {i: row["values"][name]["mean"] for i, row in enumerate(rows) if not row.get("reference")}
+    finite = {i: float(score(m, ideal, real)) for i, m in means.items() if m is not None and math.isfinite(m)}
+    if len(finite) < 2:
+        return set()
+    best = max(finite.values())
+    if all(s == best for s in finite.values()):
+        return set()
+    for ref in info.get("must_beat") or (NOISE,):
+        trivial = reference_value(results, ref, name)
+        if trivial is not None and math.isfinite(trivial) and best <= score(trivial, ideal, real):
+            return set()
+    return {i for i, s in finite.items() if s == best}
 
 
-def _cell(stats: Mapping[str, Any], bold: bool) -> str:
+def _cell(stats: Mapping[str, Any], bold: bool, reference: bool = False) -> str:
     if stats["mean"] is None:
         return "—"
     text = format_number(stats["mean"]) if stats["std"] is None else f"{format_number(stats['mean'])} ± {format_number(stats['std'])}"
-    return f"**{text}**" if bold else text
+    text = f"**{text}**" if bold else f"*{text}*" if reference else text
+    interval = stats.get("interval")
+    if interval is not None:
+        text += f" [{format_number(interval[0])}, {format_number(interval[1])}]"
+    return text
 
 
 def _runs_cell(row: Mapping[str, Any]) -> str:
@@ -268,8 +338,18 @@ def _mpl(text: str, width: int = 40) -> str:
     return text.replace("$", r"\$")
 
 
-def _bar_axes(axes, labels: Sequence[str], numbers: Sequence[Sequence[float]], title: str, ylabel: str) -> None:
-    """A bar per variant at the mean, std error bars, one point per seed on top."""
+REFERENCE_STYLES = {REAL: ("tab:green", "-"), COPIES: ("0.45", "--"), NOISE: ("tab:red", ":")}
+
+
+def _bar_axes(axes, labels: Sequence[str], numbers: Sequence[Sequence[float]], title: str, ylabel: str,
+              references: Mapping[str, float] | None = None) -> None:
+    """A bar per variant at the mean, std error bars, one point per seed on top; reference rows as horizontal lines."""
+    for ref, value in (references or {}).items():
+        if value is not None and math.isfinite(value):
+            color, style = REFERENCE_STYLES[ref]
+            axes.axhline(value, color=color, linestyle=style, linewidth=1.4, label=LABELS[ref], zorder=1)
+    if references:
+        axes.legend(fontsize=7, loc="best")
     for i, seeds in enumerate(numbers):
         mean, std = _mean_std(seeds)  # as in the table: a non-finite seed leaves no bar
         if mean is not None and math.isfinite(mean):
@@ -286,7 +366,7 @@ def _bar_axes(axes, labels: Sequence[str], numbers: Sequence[Sequence[float]], t
     axes.grid(axis="y", alpha=0.3)
 
 
-def _bar_figure(path: Path, labels: Sequence[str], panels: Sequence[tuple[Sequence[Sequence[float]], str, str]]) -> None:
+def _bar_figure(path: Path, labels: Sequence[str], panels: Sequence[tuple]) -> None:
     """One PNG with a bar panel per (numbers, title, ylabel), at most three panels a row."""
     from matplotlib.figure import Figure
 
@@ -295,8 +375,8 @@ def _bar_figure(path: Path, labels: Sequence[str], panels: Sequence[tuple[Sequen
     width = max(4.0, 1.0 + 0.9 * len(labels))
     figure = Figure(figsize=(width * columns, 3.8 * rows), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False)
-    for axes, (numbers, title, ylabel) in zip(grid.flat, panels):
-        _bar_axes(axes, labels, numbers, title, ylabel)
+    for axes, (numbers, title, ylabel, *references) in zip(grid.flat, panels):
+        _bar_axes(axes, labels, numbers, title, ylabel, references[0] if references else None)
     for axes in list(grid.flat)[len(panels):]:
         axes.set_visible(False)
     figure.savefig(path, dpi=100)
@@ -321,9 +401,12 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[tuple[str, st
             numbers = [_seed_values(v, name) for v in variants]
             if not any(math.isfinite(x) for seeds in numbers for x in seeds):
                 continue
-            higher = _value_info(results, name).get("higher_is_better")
-            title = name if higher is None else f"{name} ({'higher' if higher else 'lower'} is better)"
-            panels.append((numbers, title, name))
+            ideal = ideal_of(_value_info(results, name))
+            title = name + {"higher": " (higher is better)", "lower": " (lower is better)", "real": " (closest to real is best)"}.get(ideal, "")
+            if _value_info(results, name).get("informative") is False:
+                title += " - uninformative here"
+            lines = {ref: reference_value(results, ref, name) for ref in REFERENCES if reference_value(results, ref, name) is not None}
+            panels.append((numbers, title, name, lines))
         if panels:
             figures.append((metric, plots_dir / f"{_plot_name(metric, taken)}.png", panels))
     seconds = [_seed_field(v, "train_seconds") for v in variants]
@@ -365,17 +448,23 @@ def _overview(results: Mapping[str, Any]) -> str:
     return text
 
 
+def _row_label(row: Mapping[str, Any]) -> str:
+    return f"*{_md(row['label'])}* (reference)" if row.get("reference") else _md(row["label"])
+
+
 def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
-                 extra: bool) -> list[str]:
-    """Variants x values (mean ± std, best bold); ``extra`` adds runs, train time, img/s (and peak mem)."""
+                 extra: bool, results: Mapping[str, Any] | None = None) -> list[str]:
+    """Variants (then reference rows) x values (mean ± std [95% interval], best bold); ``extra`` adds runs, train time, img/s (and peak mem)."""
     header = ["variant"] + [_header(n, infos[n]) for n in names]
-    show_memory = extra and any(row["peak_mem_gib"] is not None for row in rows)  # GPU runs report it, CPU runs do not
+    show_memory = extra and any(row.get("peak_mem_gib") is not None for row in rows)  # GPU runs report it, CPU runs do not
     header += (["runs", "train time", "img/s"] + (["peak mem"] if show_memory else [])) if extra else []
-    best = {name: _best_rows(rows, name, infos[name].get("higher_is_better")) for name in names}
+    best = {name: _best_rows(rows, name, infos[name], results) for name in names}
     body = []
     for i, row in enumerate(rows):
-        cells = [_md(row["label"])] + [_cell(row["values"][n], i in best[n]) for n in names]
-        if extra:
+        cells = [_row_label(row)] + [_cell(row["values"][n], i in best[n], bool(row.get("reference"))) for n in names]
+        if extra and row.get("reference"):
+            cells += ["reference", "—", "—"] + (["—"] if show_memory else [])
+        elif extra:
             cells += [_runs_cell(row), format_duration(row["train_seconds"]), format_number(row["img_per_s"])]
             cells += [f"{format_number(row['peak_mem_gib'])} GiB" if row["peak_mem_gib"] is not None else "—"] if show_memory else []
         body.append(cells)
@@ -383,17 +472,56 @@ def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos:
 
 
 def _header(name: str, info: Mapping[str, Any]) -> str:
-    return f"{_md(name)}{_direction(info)}{' †' if info.get('dataset_specific') else ''}"
+    warning = " ⚠" if info.get("informative") is False else ""
+    return f"{_md(name)}{_direction(info)}{' †' if info.get('dataset_specific') else ''}{warning}"
 
 
-def _metric_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _metric_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
+                  results: Mapping[str, Any] | None = None) -> list[str]:
     """One metric's values: a row per variant, or a row per value when there are more values than variants."""
     if len(names) <= len(rows):
-        return _value_table(rows, names, infos, extra=False)
-    best = {name: _best_rows(rows, name, infos[name].get("higher_is_better")) for name in names}
-    header = ["value"] + [_md(row["label"]) for row in rows]
-    body = [[_header(name, infos[name])] + [_cell(row["values"][name], i in best[name]) for i, row in enumerate(rows)] for name in names]
+        return _value_table(rows, names, infos, extra=False, results=results)
+    best = {name: _best_rows(rows, name, infos[name], results) for name in names}
+    header = ["value"] + [_row_label(row) for row in rows]
+    body = [[_header(name, infos[name])] + [_cell(row["values"][name], i in best[name], bool(row.get("reference"))) for i, row in enumerate(rows)]
+            for name in names]
     return _table(header, body)
+
+
+def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
+                   rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per value: uninformative here (with the numbers), or the best variant and its test against each other."""
+    labels = {v["name"]: _label(v) for v in _variants(results)}
+    comparisons = results.get("comparisons") or {}
+    lines = []
+    for name in names:
+        info = infos[name]
+        if info.get("informative") is False:
+            lines.append(f"- ⚠ `{name}` is uninformative on this dataset ({_md(info.get('uninformative_because', ''))}): "
+                         "it does not rank real images ahead of that reference, so no variant is marked best on it.")
+            continue
+        comparison = comparisons.get(name)
+        if not comparison or not comparison.get("tests"):
+            continue
+        best = comparison["best"]
+        parts = []
+        for other, test in comparison["tests"].items():
+            p = test.get("p_value")
+            if p is None:
+                parts.append(f"vs {_md(labels.get(other, other))}: not testable (one seed each and no half-samples)")
+            elif test.get("significant"):
+                parts.append(f"vs {_md(labels.get(other, other))}: p = {_p(p)}, significant")
+            else:
+                parts.append(f"vs {_md(labels.get(other, other))}: p = {_p(p)}, no significant difference")
+        bolded = ""
+        if not _best_rows(rows, name, info, results):
+            bolded = " (not bolded: it does not beat the " + " / ".join(LABELS[r] for r in info.get("must_beat") or (NOISE,)) + " reference)"
+        lines.append(f"- `{name}`: best mean {_md(labels.get(best, best))}{bolded}; " + "; ".join(parts) + ".")
+    return lines
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 def _results_section(results: Mapping[str, Any]) -> list[str]:
@@ -403,20 +531,38 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
     classifier seeds) stays out of the tables and plots: it is in results.csv.
     """
     rows = summarize(results)
+    references = reference_rows(results)
     all_names = _value_names(results)
     names = [n for n in all_names if not (n.endswith("_std") and n.removesuffix("_std") in all_names)]
     infos = {name: _value_info(results, name) for name in all_names}
     groups = _groups(results, names)
     lines = ["## Results", ""]
     if len(groups) <= 1:
-        lines += _value_table(rows, names, infos, extra=True)
+        lines += _value_table(rows + references, names, infos, extra=True, results=results)
+        verdicts = _verdict_lines(results, names, infos, rows)
+        lines += ["", *verdicts] if verdicts else []
     else:
-        lines += _value_table(rows, [], infos, extra=True)
+        lines += _value_table(rows, [], infos, extra=True, results=results)
         for metric, members in groups:
-            lines += ["", f"### {_md(metric)}", ""] + _metric_table(rows, members, infos)
-    lines += ["", "↓ lower is better, ↑ higher is better. Cells: mean ± sample standard deviation over the finished seeds "
-              "(the mean alone with one seed; — when no finished run has the value); **bold**: the best mean "
-              "(none when all are equal). Train time and img/s: mean over finished runs."]
+            lines += ["", f"### {_md(metric)}", ""] + _metric_table(rows + references, members, infos, results)
+            verdicts = _verdict_lines(results, members, infos, rows)
+            lines += ["", *verdicts] if verdicts else []
+    lines += ["", "↓ lower is better, ↑ higher is better, ≈ closest to the *real (held-out)* reference is best. Cells: mean ± "
+              "sample standard deviation over the finished seeds (the mean alone with one seed; — when no finished run has "
+              "the value), then its 95% interval in brackets: Student's t over seeds, or with one seed the spread over "
+              "half-samples of the synthetic set (which covers the synthetic sample, not training randomness). **bold**: the "
+              "best mean by the value's ideal, only where the value is informative on this dataset and the best variant beats "
+              "the noise reference (copies, for privacy values); ⚠: uninformative here. Train time and img/s: mean over "
+              "finished runs."]
+    if references:
+        lines += ["", "Reference rows, measured like a generator's synthetic set: *real (held-out)* is the held-out real images "
+                  "(the best a generator can reach on this dataset; metrics that use the held-out set themselves get one half "
+                  "as synthetic and the other as held-out, averaged over both ways), *copies* are training images drawn with "
+                  "replacement (a perfect memorizer), *noise* is per-pixel Gaussian noise at the training mean and std."]
+    test = results.get("test") or {}
+    if results.get("comparisons"):
+        lines += ["", f"Tests: {_md(test.get('method', 'bootstrap'))}; significant at p < {test.get('alpha', 0.05)}. "
+                  "With one seed per variant a test covers the synthetic sample only: train more seeds to include training randomness."]
     if len(names) < len(all_names):
         lines += ["", "Spreads that a metric reports about its own repetitions (`..._std`) are in results.csv."]
     if any(infos[n].get("dataset_specific") for n in names):
@@ -446,7 +592,8 @@ def _plots_section(plots: Sequence[tuple[str, str]]) -> list[str]:
     lines = ["## Plots", ""]
     for caption, link in plots:
         lines += [f"![{_md(caption)}]({_link(link)})", ""]
-    return lines + ["Bars: mean over finished seeds, error bars: std, points: one per seed."]
+    return lines + ["Bars: mean over finished seeds, error bars: std, points: one per seed; lines: the reference rows "
+                    "(green: real held-out, grey dashed: copies, red dotted: noise)."]
 
 
 def _samples_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -507,14 +654,25 @@ def csv_rows(results: Mapping[str, Any]) -> list[list[Any]]:
     """The tidy table (header first): one row per (run, value) that a run reported, whatever its status."""
     rows: list[list[Any]] = [list(CSV_FIELDS)]
     names = _value_names(results)
+
+    def fields(name: str, interval: tuple[float, float] | None) -> list[str]:
+        info = _value_info(results, name)
+        higher = info.get("higher_is_better")
+        low, high = (repr(interval[0]), repr(interval[1])) if interval else ("", "")
+        return ["" if higher is None else str(bool(higher)).lower(), str(bool(info.get("dataset_specific"))).lower(), ideal_of(info), low, high]
+
     for variant in _variants(results):
         for run in variant["runs"]:
             values = _run_values(variant, run)
             for name in (n for n in names if n in values):
-                info = _value_info(results, name)
-                higher = info.get("higher_is_better")
-                rows.append([variant["name"], run["seed"], run["status"], name, repr(values[name]),
-                             "" if higher is None else str(bool(higher)).lower(), str(bool(info.get("dataset_specific"))).lower()])
+                replicates = [float(x) for x in (run.get("replicates") or {}).get(name, [])]
+                interval = cell_interval([RunValue(values[name], replicates)]) if math.isfinite(values[name]) else None
+                rows.append([variant["name"], run["seed"], run["status"], name, repr(values[name]), *fields(name, interval)])
+    for row in reference_rows(results):  # seed left empty: a reference row is measured once
+        for name in names:
+            stats = row["values"][name]
+            if stats["mean"] is not None:
+                rows.append([row["variant"], "", "reference", name, repr(stats["mean"]), *fields(name, stats["interval"])])
     return rows
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import platform
@@ -34,13 +35,15 @@ from ..errors import (
     TrainingError,
     did_you_mean,
 )
+from ..evaluation.evaluate import with_replicates
 from ..evaluation.features import content_hash
+from ..evaluation.references import REAL, informative, measure_references, reference_key
+from ..evaluation.statistics import ALPHA, TEST_METHOD, RunValue, compare, score
 from ..interfaces import DataSpec
 from ..registry import Registry, get_registry
 from ..training import checkpoint as ckpt
 from ..training.loop import (
     build_metrics,
-    compute_metrics,
     cycled_labels,
     synthetic_like_train,
     train,
@@ -206,7 +209,8 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
         if error:
             record.update(status="failed", error=error)
     grids = write_grids(benchmark, records, selected)
-    results = collect_results(benchmark, dataset, data_id, refs, records, grids)
+    references = benchmark_references(benchmark, dataset, refs, metrics, compute=not report_only, log=log)
+    results = collect_results(benchmark, dataset, data_id, refs, records, grids, references)
     (benchmark.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
     write_report(results, benchmark.out_dir)
     return results
@@ -290,6 +294,7 @@ def fingerprint(run: PlannedRun, refs: Sequence[PluginRef], config: BenchmarkCon
         "synthetic_images": config.synthetic_images,
         "sampling_seed": config.sampling_seed,
         "sample_options": run.variant.sample,
+        "resamples": config.evaluation.resamples,
     }
 
 
@@ -314,7 +319,7 @@ def measure(run: PlannedRun, dataset: Dataset, metrics, refs: Sequence[PluginRef
     _release_gpu_memory()  # the next run's training processes need the GPU memory, not this process's cache
     for _, metric in metrics:
         metric.output_dir = run.run_dir / "metrics"
-    values = compute_metrics(metrics, dataset, synthetic)
+    values = with_replicates(metrics, dataset.train, dataset.held_out, synthetic, config.evaluation.resamples, seed=run.seed)
     saved = {"fingerprint": fingerprint(run, refs, config, data_id), "values": values, "seconds": time.perf_counter() - start}
     path = run.run_dir / METRICS_FILE
     temporary = path.with_name(path.name + ".tmp")
@@ -365,7 +370,9 @@ def run_record(run: PlannedRun, data_id: str, refs: Sequence[PluginRef], config:
     saved = _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) if run.state == "done" else None
     if saved is not None:
         record["values"] = {name: entry["value"] for name, entry in saved["values"].items()}
-        record["catalog"] = {name: {k: v for k, v in entry.items() if k != "value"} for name, entry in saved["values"].items()}
+        record["replicates"] = {name: entry["replicates"] for name, entry in saved["values"].items() if entry.get("replicates")}
+        record["catalog"] = {name: {k: v for k, v in entry.items() if k not in ("value", "replicates", "interval")}
+                             for name, entry in saved["values"].items()}
         record["metrics_seconds"] = saved.get("seconds")
     return record
 
@@ -388,8 +395,71 @@ def write_grids(benchmark: Benchmark, records: Mapping[tuple[str, int], dict[str
     return grids
 
 
+REFERENCES_FILE = "references.json"  # in out_dir: the reference rows as last measured, for --report-only
+
+
+def benchmark_references(benchmark: Benchmark, dataset: Dataset, refs: Sequence[PluginRef], metrics, compute: bool,
+                         log=None) -> dict[str, Any] | None:
+    """The reference rows (real held-out, copies, noise) for this benchmark's metrics and synthetic-set size.
+
+    Measured with the benchmark's own metric objects (so real-set features are shared),
+    cached per dataset (:func:`raresynth.evaluation.references.measure_references`) and
+    kept in ``out_dir/references.json``, which ``--report-only`` reads instead of measuring.
+    """
+    config = benchmark.config
+    if not config.evaluation.references:
+        return None
+    n = config.synthetic_images or len(dataset.train)
+    labels = dataset.train.labels[torch.arange(n) % len(dataset.train)] if dataset.train.labels is not None else None  # as synthetic_like_train
+    key = reference_key(dataset.train, dataset.held_out, [ref.plain() for ref in refs], n, labels, config.evaluation.resamples, config.sampling_seed)
+    path = benchmark.out_dir / REFERENCES_FILE
+    if not compute or not metrics:
+        try:
+            saved = json.loads(path.read_text())
+            return saved["references"] if saved.get("key") == key else None
+        except (OSError, ValueError, KeyError):
+            return None
+    references = measure_references(metrics, [ref.plain() for ref in refs], dataset.train, dataset.held_out, n, labels,
+                                    config.evaluation.resamples, config.sampling_seed, log=log)
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps({"key": key, "references": references}, indent=1) + "\n")
+    os.replace(partial, path)
+    return references
+
+
+def value_comparisons(variants: Sequence[Mapping[str, Any]], catalog: Mapping[str, Mapping[str, Any]],
+                      references: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """For each ranked value: the best variant (by its ideal) and a test of it against every other variant."""
+    real_row = (references or {}).get(REAL, {})
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in catalog.items():
+        ideal = info.get("ideal", "none")
+        real = real_row.get(name, {}).get("value")
+        if ideal == "none" or (ideal == "real" and real is None):
+            continue
+        samples = {}
+        for variant in variants:
+            runs = [RunValue(float(run["values"][name]), (run.get("replicates") or {}).get(name, []))
+                    for run in variant["runs"] if run["status"] == "done" and run["values"].get(name) is not None]
+            if runs and all(math.isfinite(r.value) for r in runs):
+                samples[variant["name"]] = runs
+        if len(samples) < 2:
+            continue
+        scores = {v: sum(score(r.value, ideal, real) for r in runs) / len(runs) for v, runs in samples.items()}
+        best = max(scores, key=scores.get)
+        tests = {}
+        for other, runs in samples.items():
+            if other != best:
+                result = compare(samples[best], runs, ideal, real)
+                tests[other] = {"difference": result.difference, "p_value": result.p_value, "significant": result.significant,
+                                "seeds": [len(samples[best]), len(runs)]}
+        out[name] = {"best": best, "tests": tests}
+    return out
+
+
 def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: Sequence[PluginRef],
-                    records: Mapping[tuple[str, int], dict[str, Any]], grids: Mapping[str, str]) -> dict[str, Any]:
+                    records: Mapping[tuple[str, int], dict[str, Any]], grids: Mapping[str, str],
+                    references: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything the report shows, as plain data (``results.json``)."""
     config = benchmark.config
     out_dir = benchmark.out_dir
@@ -403,7 +473,8 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
             record = dict(records[(variant.name, run.seed)])
             for name, info in record.pop("catalog", {}).items():
                 catalog.setdefault(name, {"metric": info["metric"], "higher_is_better": info["higher_is_better"],
-                                          "dataset_specific": name.endswith("_domain")})
+                                          "ideal": info.get("ideal", "none"), "question": info.get("question", "fidelity"),
+                                          "must_beat": info.get("must_beat", ["noise"]), "dataset_specific": name.endswith("_domain")})
             record["run_dir"] = str(Path(record["run_dir"]).relative_to(out_dir)) if Path(record["run_dir"]).is_relative_to(out_dir) else record["run_dir"]
             entries.append(record)
         variants.append({
@@ -413,6 +484,12 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
             "settings": variant.settings, "batch_size": first.batch_size, "precision": first.precision,
             "sample_options": variant.sample, "grid": grids.get(variant.name), "runs": entries,
         })
+    if references:
+        for name, info in catalog.items():
+            verdict, why = informative(info, references, name)
+            info["informative"] = verdict
+            if why:
+                info["uninformative_because"] = why
     notes = []
     if "frd" not in benchmark.registry.names("metric") and config.metrics == "default":
         notes.append("frd (Fréchet Radiomics Distance) is not installed: pip install 'raresynth[frd]' to add it to the default metrics")
@@ -433,6 +510,9 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
         "notes": notes,
         "values": catalog,
         "variants": variants,
+        "references": references,
+        "comparisons": value_comparisons(variants, catalog, references),
+        "test": {"method": TEST_METHOD, "alpha": ALPHA},
     }
 
 

@@ -45,6 +45,7 @@ from ..config import RunConfig, load_config, resolve_plugins, save_config
 from ..data.dataset import Dataset, check_split, load_dataset, load_split, save_split
 from ..data.images import save_grid
 from ..errors import ConfigError, RunDirError, TrainingError
+from ..evaluation.evaluate import evaluate
 from ..evaluation.imagesets import sample_image_set
 from ..interfaces import (
     Batch,
@@ -370,19 +371,19 @@ def synthetic_like_train(generator: Generator, dataset: Dataset, n: int = 0, fir
     return sample_image_set(generator, n, labels, first_seed=first_seed, options=options)
 
 
-def compute_metrics(metrics: Sequence[tuple[str, Metric]], dataset: Dataset, synthetic: ImageSet) -> dict[str, dict[str, Any]]:
-    """``{value name: {"value", "higher_is_better", "metric"}}`` for every value the metrics report."""
-    results: dict[str, dict[str, Any]] = {}
-    for name, metric in metrics:
-        for value in metric.compute(dataset.train, dataset.held_out, synthetic):
-            results[value.name] = {"value": value.value, "higher_is_better": value.higher_is_better, "metric": name}
-    return results
-
-
 def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, metrics: Sequence[tuple[str, Metric]], run_dir: Path) -> dict[str, Any]:
-    """Sample a synthetic set like the training set and compute the metrics into ``metrics.json``."""
-    results = compute_metrics(metrics, dataset, synthetic_like_train(generator, dataset, config.schedule.metric_samples))
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=1))
+    """Sample a synthetic set like the training set and evaluate it into ``metrics.json``.
+
+    Each value comes with its interval, the reference rows (real held-out, copies, noise)
+    and whether it is informative on this dataset (:func:`raresynth.evaluation.evaluate.evaluate`).
+    """
+    synthetic = synthetic_like_train(generator, dataset, config.schedule.metric_samples)
+    results = evaluate(metrics, [ref.plain() for ref in config.metrics], dataset.train, dataset.held_out, synthetic,
+                       resamples=config.evaluation.resamples, references=config.evaluation.references, seed=config.seed)
+    path = run_dir / "metrics.json"
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(results, indent=1))
+    os.replace(partial, path)
     return results
 
 

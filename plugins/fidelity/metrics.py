@@ -122,7 +122,7 @@ class KID(TorchFidelityMetric):
         out = kid_features_to_metric(fake, real, kid_subsets=self.params.kid_subsets, kid_subset_size=size,
                                      rng_seed=self.params.seed, verbose=False)
         return [MetricValue(f"kid_mean{suffix}", float(out[KEY_METRIC_KID_MEAN]), higher_is_better=False),
-                MetricValue(f"kid_std{suffix}", float(out[KEY_METRIC_KID_STD]), higher_is_better=False)]
+                MetricValue(f"kid_std{suffix}", float(out[KEY_METRIC_KID_STD]), ideal="none")]
 
 
 class PRCParams(FidelityParams):
@@ -149,7 +149,7 @@ class PRC(TorchFidelityMetric):
         out = prc_features_to_metric(fake.float(), real.float(), prc_neighborhood=self.params.neighborhood,
                                      prc_batch_size=10000, save_cpu_ram=False, verbose=False)
         return [MetricValue(f"prc_precision{suffix}", float(out[KEY_METRIC_PRECISION]), higher_is_better=True),
-                MetricValue(f"prc_recall{suffix}", float(out[KEY_METRIC_RECALL]), higher_is_better=True),
+                MetricValue(f"prc_recall{suffix}", float(out[KEY_METRIC_RECALL]), higher_is_better=True, question="diversity"),
                 MetricValue(f"prc_f_score{suffix}", float(out[KEY_METRIC_F_SCORE]), higher_is_better=True)]
 
 
@@ -182,7 +182,7 @@ class ISC(TorchFidelityMetric):
         out = isc_features_to_metric(logits, splits=min(self.params.splits, len(logits)), shuffle=True, rng_seed=self.params.seed)
         suffix = self.suffix(embedding)
         return [MetricValue(f"isc_mean{suffix}", float(out[KEY_METRIC_ISC_MEAN]), higher_is_better=True),
-                MetricValue(f"isc_std{suffix}", float(out[KEY_METRIC_ISC_STD]), higher_is_better=False)]
+                MetricValue(f"isc_std{suffix}", float(out[KEY_METRIC_ISC_STD]), ideal="none")]
 
 
 def _need(minimum: int, **counts: int) -> None:

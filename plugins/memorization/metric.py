@@ -44,6 +44,7 @@ class Memorization(Metric):
     """
 
     Params = MemorizationParams
+    uses_held_out = True  # held-out-to-train distances calibrate the copy threshold and the Z test
 
     def __init__(self, params, spec):
         super().__init__(params, spec)
@@ -77,10 +78,12 @@ class Memorization(Metric):
         values = []
         for audit in self.audits(train, held_out, synthetic):
             values += [
-                MetricValue(f"copy_rate_{audit.space}", audit.copy_rate, higher_is_better=False),
-                MetricValue(f"meehan_z_{audit.space}", audit.meehan_z, higher_is_better=True),
-                MetricValue(f"authenticity_{audit.space}", audit.authenticity, higher_is_better=True),
-                MetricValue(f"authenticity_held_out_{audit.space}", audit.held_out_authenticity, higher_is_better=True),
+                MetricValue(f"copy_rate_{audit.space}", audit.copy_rate, ideal="lower", question="privacy"),
+                # Meehan et al. 2020: Z far above 0 is underfitting, far below 0 data-copying; real
+                # held-out images score about 0 (the test's null), so the ideal is their value.
+                MetricValue(f"meehan_z_{audit.space}", audit.meehan_z, ideal="real", question="privacy"),
+                MetricValue(f"authenticity_{audit.space}", audit.authenticity, ideal="real", question="privacy"),
+                MetricValue(f"authenticity_held_out_{audit.space}", audit.held_out_authenticity, ideal="none", question="privacy"),
             ]
             folder = self.params.artifacts_dir or self.output_dir  # the run's metrics/ folder in a training run
             if folder is not None:

@@ -74,6 +74,8 @@ class Utility(Metric):
 
     Params = UtilityParams
     requires = frozenset({"labels"})
+    uses_held_out = True  # the classifiers are tested on the held-out images
+    bootstrap = False  # every call trains classifiers: intervals come from seeds and classifier seeds
 
     def __init__(self, params, spec):
         super().__init__(params, spec)
@@ -122,6 +124,8 @@ class Utility(Metric):
             if regime == "trtr":
                 self._real_only_scores[real_key] = scores
             for name, runs in scores.items():
-                values.append(MetricValue(f"utility_{regime}_{name}", float(np.mean(runs)), higher_is_better=True))
-                values.append(MetricValue(f"utility_{regime}_{name}_std", float(np.std(runs)), higher_is_better=False))
+                # trtr is the real-only baseline, the same for every generator: context, not a contest
+                ideal = "none" if regime == "trtr" else "higher"
+                values.append(MetricValue(f"utility_{regime}_{name}", float(np.mean(runs)), ideal=ideal, question="utility"))
+                values.append(MetricValue(f"utility_{regime}_{name}_std", float(np.std(runs)), ideal="none", question="utility"))
         return values

@@ -115,6 +115,7 @@ class FRD(Metric):
     """
 
     Params = FRDParams
+    bootstrap = False  # radiomic features of every synthetic image: too slow to repeat per resample
 
     def __init__(self, params, spec):
         super().__init__(params, spec)

@@ -58,6 +58,13 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> dict[str, float]
     }
 
 
+# Naeem et al. 2020: precision and density measure fidelity, recall and coverage diversity.
+# Density is not bounded by 1: real images of the dataset score about 1, a set crowded
+# into dense regions of the real manifold scores more; its ideal is the real images' value.
+IDEALS = {"precision": ("higher", "fidelity"), "recall": ("higher", "diversity"), "density": ("real", "fidelity"),
+          "coverage": ("higher", "diversity")}
+
+
 class PRDCParams(EmbeddingParams):
     nearest_k: int = Field(5, ge=1, description="k of the k-nearest-neighbour balls (the paper: 5)")
     reference: Literal["train", "held_out"] = Field("train", description="which real set the synthetic set is compared with")
@@ -79,4 +86,4 @@ class PRDC(Metric):
         embedding = p.build_embedding(train, metric="prc")
         values = prdc(features(reference, embedding), features(synthetic, embedding), p.nearest_k)
         suffix = "" if p.embedding == STANDARD and p.feature_layer is None else f"_{embedding.tag}"
-        return [MetricValue(f"{name}{suffix}", value, higher_is_better=True) for name, value in values.items()]
+        return [MetricValue(f"{name}{suffix}", value, ideal=IDEALS[name][0], question=IDEALS[name][1]) for name, value in values.items()]
