@@ -188,9 +188,9 @@ def _require_keyword(keyword: str) -> None:
 
 
 def _attribute_text(header: DicomDataset, keyword: str) -> str | None:
-    element = header.data_element(keyword)
-    if element is None:
+    if keyword not in header:
         return None
+    element = header[keyword]
     if element.VR == "SQ":
         raise DataError(f"data.split.group_by: '{keyword}' is a DICOM sequence, not a value; choose an attribute such as PatientID")
     value = element.value
