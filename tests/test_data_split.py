@@ -404,3 +404,34 @@ def test_a_group_the_source_puts_on_both_sides_is_an_error(registry, tmp_path):
     grouping = group_records(records, config, registry.data_format("npz")(registry.data_format("npz").Params()), "npz")
     with pytest.raises(DataError, match=r"^data\.split\.group_by: regex:#\(\\d\+\) puts 'test#0' and 'train#0' in one group, but the source fixes them to held_out and train"):
         split_records(records, config.split, grouping)
+
+
+def test_a_run_on_dicom_writes_no_patient_identifier_and_reports_images_without_one(tmp_path, capsys, one_thread):
+    import toy_plugin
+    from raresynth.training import train
+
+    registry = load_plugins(only=["formats"], extra=[("toy", toy_plugin)])
+    folder = tmp_path / "dicom"
+    by_patient = write_patient_series(folder)
+    lonely = by_patient["PAT-0003"][1]
+    header = pydicom.dcmread(folder / lonely)
+    del header.PatientID
+    header.save_as(folder / lonely)
+    config = load_config({
+        "run_dir": str(tmp_path / "run"),
+        "data": {"source": str(folder), "resolution": 16},
+        "generator": {"name": "toy"},
+        "budget": {"kimg": 0.016},
+        "batch_size": 8,
+        "schedule": {"tick_kimg": 0.008, "snapshot_kimg": 0.016, "grid_size": 4},
+    }, registry=registry)
+    train(config, registry=registry, progress_bar=False)
+    assert f"raresynth: 1 image(s) have no PatientID (e.g. '{lonely}'); each is grouped by its format's group" in capsys.readouterr().err
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["grouping"]["group_by"] == "PatientID" and split["grouping"]["fallback_to_format_group"] == 1
+    assert split["grouping"]["groups"]["held_out"] >= 1
+    written = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert {"split.json", "data.json", "config.yaml"} <= {path.name for path in written}
+    for path in written:  # every file the run wrote, checkpoints included
+        content = path.read_bytes()
+        assert not any(patient.encode() in content for patient in by_patient), f"a PatientID leaked into {path.name}"
