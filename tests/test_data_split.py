@@ -14,13 +14,12 @@ import skimage.data
 from nibabel.testing import data_path as NIBABEL_DATA
 from PIL import Image
 
+from medical_files import write_patient_series
 from raresynth import ConfigError, DataError
 from raresynth.config import DataConfig, SplitConfig, load_config
 from raresynth.data import check_split, group_records, load_dataset, load_split, save_split, split_records
 from raresynth.registry import load_plugins
 from raresynth.training.rundir import write_data_json
-
-from medical_files import write_patient_series
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom, no download
 ANATOMICAL = Path(NIBABEL_DATA) / "anatomical.nii"
@@ -242,7 +241,7 @@ def test_split_json_records_the_grouping_and_no_patient_identifier(registry, pat
     assert grouping["groups"] == {"train": 5, "held_out": 1}
     keys = grouping["keys"]
     assert set(keys) == set(owner)
-    for patient, names in by_patient.items():  # one key per patient, shared by all its images
+    for names in by_patient.values():  # one key per patient, shared by all its images
         assert len({keys[name] for name in names}) == 1
     assert len(set(keys.values())) == len(by_patient)
     for path in (tmp_path / "split.json", tmp_path / "data.json"):

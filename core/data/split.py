@@ -52,10 +52,6 @@ class Grouping:
         """``{record id: hash of its group key}`` as ``split.json`` holds it."""
         return {record_id: saved_group_key(key) for record_id, key in sorted(self.keys.items())}
 
-    def sizes(self) -> Counter[str]:
-        """Images per group."""
-        return Counter(self.keys.values())
-
 
 def effective_group_by(split_config: SplitConfig, data_format: DataFormat) -> str:
     """``data.split.group_by``, or the format's default when unset."""
