@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--format", default="auto", help="data format (default: detect)")
     inspect.add_argument("--option", action="append", default=[], metavar="key=value", help="format option, e.g. axis=1")
     inspect.add_argument("--labels", default="auto", help="'auto', 'none' or a CSV file")
+    inspect.add_argument("--group-by", default=None, metavar="GROUP_BY",
+                         help="try a data.split.group_by: a header attribute (PatientID), column:NAME, regex:PATTERN or format")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
 
     bench = commands.add_parser("bench", help="compare backends and regularizer settings on one dataset; writes a report")
@@ -170,7 +172,7 @@ def cmd_data(args: argparse.Namespace, registry: Registry) -> int:
     from .data import inspect_source
 
     options = apply_overrides({}, args.option)
-    report = inspect_source(args.path, format=args.format, registry=registry, options=options, labels=args.labels)
+    report = inspect_source(args.path, format=args.format, registry=registry, options=options, labels=args.labels, group_by=args.group_by)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.to_text())
     return 0
 

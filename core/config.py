@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -63,10 +64,44 @@ class IntensityConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """The train / held-out split. Held-out images are never shown to a generator."""
+    """The train / held-out split. Held-out images are never shown to a generator.
+
+    ``group_by`` says which images belong together (one patient) and so stay on one
+    side: a header attribute keyword of the format (DICOM ``PatientID``,
+    ``StudyInstanceUID``, ...), ``column:NAME`` (a column of the labels CSV),
+    ``regex:PATTERN`` (one capture group applied to each record id), or ``format``
+    (the format's own group: DICOM series, NIfTI volume, the file). Unset: the
+    format's default (``PatientID`` for DICOM, ``format`` for the others).
+    """
 
     held_out_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+    group_by: str | None = None
+
+    @field_validator("group_by")
+    @classmethod
+    def _group_by_syntax(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        kind, _, argument = value.partition(":")
+        if kind == "column" and _:
+            if not argument.strip():
+                raise ValueError("'column:' needs a column name of the labels CSV, e.g. column:patient")
+        elif kind == "regex" and _:
+            try:
+                groups = re.compile(argument).groups
+            except re.error as exc:
+                raise ValueError(f"regex:{argument} is not a valid regular expression ({exc})") from None
+            if groups != 1:
+                raise ValueError(
+                    f"regex:{argument} has {groups} capture groups; it needs exactly one, the part of each record id "
+                    r"that names its group (e.g. regex:^(patient\d+)/ for ids like 'patient07/scan1.png')"
+                )
+        elif not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", value):
+            raise ValueError(
+                f"'{value}' is neither a header attribute keyword (e.g. PatientID), column:NAME, regex:PATTERN nor format"
+            )
+        return value
 
 
 class DataConfig(_Strict):

@@ -341,6 +341,9 @@ class DataFormat(ABC):
     description: ClassVar[str] = ""
     #: True when the format needs no ``data.source`` (it makes or ships its data).
     needs_source: ClassVar[bool] = True
+    #: ``data.split.group_by`` when the config leaves it unset, e.g. "PatientID"; None:
+    #: the format's own ``Record.group``.
+    default_group_by: ClassVar[str | None] = None
 
     def __init__(self, params: PluginParams):
         self.params = params
@@ -357,6 +360,17 @@ class DataFormat(ABC):
     @abstractmethod
     def read(self, record: Record) -> RawImage:
         """Decode one record's pixels."""
+
+    def attribute_value(self, record: Record, attribute: str) -> str | None:
+        """The value of a header attribute (``data.split.group_by: PatientID``), or None when absent.
+
+        Override in formats whose files carry headers. The core hashes the value at
+        once and keeps only the hash, so a patient identifier never reaches a record,
+        a log or a file; implementations must not store or log it either. Raise a
+        DataError naming ``data.split.group_by`` for an attribute the format does not
+        know. Formats that do not override it have no attributes to group by.
+        """
+        raise NotImplementedError
 
 
 @dataclass

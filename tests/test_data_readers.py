@@ -19,7 +19,7 @@ import skimage.data
 import tifffile
 from PIL import Image
 
-from raresynth import RawImage, Record
+from raresynth import DataError, RawImage, Record
 from raresynth.config import DataConfig, IntensityConfig
 from raresynth.data import inspect_source, load_dataset, preprocess, resolve_format
 from raresynth.registry import load_plugins
@@ -157,6 +157,43 @@ def test_dicom_series_folder_of_files_without_extension(registry):
     assert all(r.meta == {} and r.label is None for r in records)
     dataset = load_dataset(DataConfig(source=str(folder), resolution=16), registry)
     assert dataset.format == "dicom" and len(dataset.train) == 7
+
+
+def test_dicom_exposes_an_attribute_to_the_core_but_records_never_hold_it(registry):
+    study = PYDICOM_FILES / "dicomdirtests" / "98892003"  # real files: one patient, seven series
+    fmt = make_format(registry, "dicom")
+    records = fmt.scan(study)
+    headers = {r.id: pydicom.dcmread(study / r.id, stop_before_pixels=True) for r in records}
+    (patient_id,) = {str(h.PatientID) for h in headers.values()}
+    assert len({r.group for r in records}) == len({str(h.SeriesInstanceUID) for h in headers.values()}) == 7
+    assert all(fmt.attribute_value(r, "PatientID") == str(headers[r.id].PatientID) for r in records)
+    assert fmt.attribute_value(records[0], "StudyInstanceUID") == str(headers[records[0].id].StudyInstanceUID)
+    assert fmt.attribute_value(records[0], "OtherPatientIDs") is None  # absent: the core falls back to the series
+    assert not any(patient_id in repr(r) for r in records)  # the value stays out of every record
+    with pytest.raises(DataError, match=r"^data\.split\.group_by: 'SeriesUID' is not a DICOM attribute keyword"):
+        fmt.attribute_value(records[0], "SeriesUID")
+    frames = fmt.scan(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm")
+    expected = str(pydicom.dcmread(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm", stop_before_pixels=True).PatientID)
+    assert [fmt.attribute_value(r, "PatientID") for r in frames] == [expected, expected]
+    dataset = load_dataset(DataConfig(source=str(study), resolution=16), registry)
+    assert dataset.grouping.group_by == "PatientID" and len(set(dataset.grouping.keys.values())) == 1
+    assert dataset.split["held_out"] == []  # one patient: nothing to hold out without splitting them
+
+
+def test_inspect_reports_groups_and_tries_a_grouping(registry, capsys):
+    from raresynth.cli import main
+
+    study = PYDICOM_FILES / "dicomdirtests" / "98892003"
+    report = inspect_source(study, registry=registry)
+    assert (report.group_by, report.num_groups, report.largest_group, report.group_fallback) == ("PatientID", 1, 17, 0)
+    assert "groups:   1 by PatientID, the largest of 17 image(s)" in report.to_text()
+    by_series = inspect_source(study, registry=registry, group_by="SeriesInstanceUID")
+    assert (by_series.num_groups, by_series.largest_group) == (7, 7)  # MR700 is one series of 7 files
+    assert main(["data", "inspect", str(study), "--group-by", r"regex:^(MR\d+)/", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["group_by"], shown["num_groups"], shown["largest_group"]) == (r"regex:^(MR\d+)/", 3, 7)
+    assert main(["data", "inspect", str(study), "--group-by", "regex:MR"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --group-by: regex:MR has 0 capture groups; it needs exactly one")
 
 
 def test_dicom_multi_frame_file_gives_one_record_per_frame(registry):

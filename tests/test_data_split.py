@@ -14,10 +14,12 @@ import skimage.data
 from nibabel.testing import data_path as NIBABEL_DATA
 from PIL import Image
 
-from raresynth import DataError
-from raresynth.config import DataConfig, SplitConfig
-from raresynth.data import check_split, load_dataset, load_split, save_split, split_records
+from medical_files import write_patient_series
+from raresynth import ConfigError, DataError
+from raresynth.config import DataConfig, SplitConfig, load_config
+from raresynth.data import check_split, group_records, load_dataset, load_split, save_split, split_records
 from raresynth.registry import load_plugins
+from raresynth.training.rundir import write_data_json
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # shipped with pydicom, no download
 ANATOMICAL = Path(NIBABEL_DATA) / "anatomical.nii"
@@ -159,9 +161,9 @@ def test_saved_split_holds_ids_only_and_detects_changed_data(registry, tmp_path)
     dataset = load_dataset(config, registry)
     save_split(dataset, tmp_path / "split.json")
     saved = load_split(tmp_path / "split.json")
-    assert saved == dataset.split
+    assert {side: saved[side] for side in ("train", "held_out")} == dataset.split
     text = (tmp_path / "split.json").read_text()
-    assert set(json.loads(text)) == {"format", "train", "held_out"}
+    assert set(json.loads(text)) == {"format", "grouping", "train", "held_out"}
     for path in source.rglob("*"):
         if path.is_file():
             header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -172,3 +174,263 @@ def test_saved_split_holds_ids_only_and_detects_changed_data(registry, tmp_path)
     (source / dataset.split["train"][0]).unlink()
     with pytest.raises(DataError, match=r"^data\.source changed since this run started: 1 training images differ"):
         check_split(load_dataset(config, registry), saved)
+
+
+
+# ---------------------------------------------------------------------------
+# data.split.group_by: patients, never on both sides
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def patients(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
+    """Real DICOM files rewritten as 6 patients with 2 series (2 files each) per patient."""
+    folder = tmp_path_factory.mktemp("patients") / "dicom"
+    return folder, write_patient_series(folder)
+
+
+def patient_of(by_patient: dict[str, list[str]]) -> dict[str, str]:
+    return {name: patient for patient, names in by_patient.items() for name in names}
+
+
+def series_of(folder: Path, record_ids) -> dict[str, str]:
+    return {i: str(pydicom.dcmread(folder / i, stop_before_pixels=True).SeriesInstanceUID) for i in record_ids}
+
+
+def sides(dataset) -> dict[str, str]:
+    return {i: side for side in ("train", "held_out") for i in dataset.split[side]}
+
+
+def crossing(side_of: dict[str, str], group_of: dict[str, str]) -> set[str]:
+    """The groups with images on both sides."""
+    seen: dict[str, set[str]] = {}
+    for record_id, side in side_of.items():
+        seen.setdefault(group_of[record_id], set()).add(side)
+    return {group for group, found in seen.items() if len(found) > 1}
+
+
+def test_dicom_is_split_by_patient_and_a_patient_never_crosses(registry, patients):
+    folder, by_patient = patients
+    owner = patient_of(by_patient)
+    series = series_of(folder, owner)
+    series_crossed = 0
+    for seed in range(6):
+        dataset = load_dataset(DataConfig(source=str(folder), resolution=16, split=SplitConfig(seed=seed)), registry)
+        assert dataset.grouping.group_by == "PatientID"  # the DICOM default
+        assert not crossing(sides(dataset), owner)
+        held_out_patients = {owner[i] for i in dataset.split["held_out"]}
+        assert len(held_out_patients) == 1  # round(0.2 * 6) patients, with all their images
+        assert sorted(dataset.split["held_out"]) == by_patient[held_out_patients.pop()]
+        by_series = load_dataset(DataConfig(source=str(folder), resolution=16, split=SplitConfig(seed=seed, group_by="format")), registry)
+        assert not crossing(sides(by_series), series)  # a series stays together...
+        series_crossed += bool(crossing(sides(by_series), owner))  # ...but a patient's two series may not
+        by_uid = load_dataset(DataConfig(source=str(folder), resolution=16, split=SplitConfig(seed=seed, group_by="SeriesInstanceUID")), registry)
+        assert len(set(by_uid.grouping.keys.values())) == 12 and not crossing(sides(by_uid), series)
+    assert series_crossed > 0  # the leak group_by: PatientID closes
+
+
+def test_split_json_records_the_grouping_and_no_patient_identifier(registry, patients, tmp_path):
+    folder, by_patient = patients
+    owner = patient_of(by_patient)
+    dataset = load_dataset(DataConfig(source=str(folder), resolution=16), registry)
+    save_split(dataset, tmp_path / "split.json")
+    write_data_json(dataset, tmp_path / "data.json")
+    saved = json.loads((tmp_path / "split.json").read_text())
+    grouping = saved["grouping"]
+    assert grouping["group_by"] == "PatientID" and grouping["fallback_to_format_group"] == 0
+    assert grouping["groups"] == {"train": 5, "held_out": 1}
+    keys = grouping["keys"]
+    assert set(keys) == set(owner)
+    for names in by_patient.values():  # one key per patient, shared by all its images
+        assert len({keys[name] for name in names}) == 1
+    assert len(set(keys.values())) == len(by_patient)
+    for path in (tmp_path / "split.json", tmp_path / "data.json"):
+        text = path.read_text()
+        for name in owner:
+            header = pydicom.dcmread(folder / name, stop_before_pixels=True)
+            for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "SeriesInstanceUID"):
+                value = str(header.get(keyword, "") or "")
+                assert value and value not in text, f"{keyword} leaked into {path.name}"
+    assert all("PAT-" not in str(r.group) + str(r.meta) for r in scan(registry, "dicom", folder))
+
+
+def test_records_without_the_attribute_fall_back_to_their_series(registry, patients, tmp_path):
+    source, by_patient = patients
+    folder = tmp_path / "dicom"
+    shutil.copytree(source, folder)
+    lonely = by_patient["PAT-0000"][0]
+    header = pydicom.dcmread(folder / lonely)
+    del header.PatientID
+    header.save_as(folder / lonely)
+    series = series_of(folder, [lonely] + by_patient["PAT-0000"][1:])
+    dataset = load_dataset(DataConfig(source=str(folder), resolution=16), registry)
+    assert dataset.grouping.fallback == [lonely]
+    same_series = [i for i, uid in series.items() if uid == series[lonely] and i != lonely]
+    assert len(same_series) == 1 and same_series[0] not in dataset.grouping.fallback
+    assert dataset.grouping.keys[lonely] != dataset.grouping.keys[same_series[0]]  # the other one is grouped by patient
+    save_split(dataset, tmp_path / "split.json")
+    assert json.loads((tmp_path / "split.json").read_text())["grouping"]["fallback_to_format_group"] == 1
+
+
+def test_resume_detects_a_changed_group_and_a_changed_group_by(registry, patients, tmp_path):
+    source, by_patient = patients
+    folder = tmp_path / "dicom"
+    shutil.copytree(source, folder)
+    config = DataConfig(source=str(folder), resolution=16)
+    dataset = load_dataset(config, registry)
+    save_split(dataset, tmp_path / "split.json")
+    saved = load_split(tmp_path / "split.json")
+    check_split(load_dataset(config, registry), saved)
+    by_study = {**saved, "grouping": {**saved["grouping"], "group_by": "StudyInstanceUID"}}  # as a run split by study saved it
+    with pytest.raises(DataError, match=r"^data\.split\.group_by is PatientID now, but this run was split by StudyInstanceUID; set it back"):
+        check_split(load_dataset(config, registry), by_study)
+    owner = patient_of(by_patient)
+    training_patients = sorted({owner[i] for i in dataset.split["train"]})
+    moved = by_patient[training_patients[0]][0]  # one image of a training patient now names another training patient
+    header = pydicom.dcmread(folder / moved)
+    header.PatientID = training_patients[1]
+    header.save_as(folder / moved)
+    changed = load_dataset(config, registry)
+    assert changed.split == dataset.split  # the same sides: only the grouping tells
+    with pytest.raises(DataError, match=rf"^data\.source changed since this run started: 1 images are in another group by PatientID now \(e\.g\. '{moved}'\)"):
+        check_split(changed, saved)
+
+
+def test_a_saved_split_from_before_group_by_names_the_change(registry, patients, tmp_path):
+    folder, _ = patients
+    by_series = load_dataset(DataConfig(source=str(folder), resolution=16, split=SplitConfig(group_by="format", seed=1)), registry)
+    old = {"train": by_series.split["train"], "held_out": by_series.split["held_out"]}  # what split.json held before
+    now = load_dataset(DataConfig(source=str(folder), resolution=16, split=SplitConfig(seed=1)), registry)
+    assert now.split != by_series.split
+    with pytest.raises(DataError, match=r"predates data\.split\.group_by and was split by the format's groups; it is split by PatientID now"):
+        check_split(now, old)
+
+
+def test_unknown_dicom_keyword_is_one_line_with_a_suggestion(registry, patients):
+    folder, _ = patients
+    config = DataConfig(source=str(folder), resolution=16, split=SplitConfig(group_by="PatientId"))
+    with pytest.raises(DataError, match=r"^data\.split\.group_by: 'PatientId' is not a DICOM attribute keyword .* Did you mean 'PatientID'\?$"):
+        load_dataset(config, registry)
+
+
+@pytest.fixture(scope="module")
+def patient_slices(tmp_path_factory) -> Path:
+    """An image folder of two classes, 5 patients each, 3 slices per patient: ``<class>/p<k>_<slice>.png``."""
+    root = tmp_path_factory.mktemp("slices")
+    cell = skimage.data.cell()
+    for c, name in enumerate(("healthy", "tumor")):
+        (root / name).mkdir()
+        for k in range(5):
+            for z in range(3):
+                y, x = 40 * k, 40 * z + 120 * c
+                Image.fromarray(cell[y : y + 32, x : x + 32]).save(root / name / f"p{c}{k}_{z}.png")
+    return root
+
+
+def test_regex_groups_keep_each_patient_on_one_side(registry, patient_slices):
+    patient = {i: i.split("/")[1].split("_")[0] for i in ids(scan(registry, "image_folder", patient_slices))}
+    by_file_crossed = 0
+    for seed in range(6):
+        config = DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(seed=seed, group_by=r"regex:^\w+/(p\d+)_"))
+        dataset = load_dataset(config, registry)
+        assert not crossing(sides(dataset), patient)
+        assert sorted({patient[i][:2] for i in dataset.split["held_out"]}) == ["p0", "p1"]  # one patient per class
+        assert len(dataset.split["held_out"]) == 6
+        by_file = load_dataset(DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(seed=seed)), registry)
+        assert by_file.grouping.group_by == "format"
+        by_file_crossed += bool(crossing(sides(by_file), patient))
+    assert by_file_crossed > 0
+
+
+def test_column_groups_from_the_labels_csv(registry, patient_slices, tmp_path):
+    record_ids = ids(scan(registry, "image_folder", patient_slices))
+    mrn = {i: f"MRN-{int(i.split('/')[1][2]) * 7919 % 1000:03d}" for i in record_ids}  # patients shared across class folders
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label,patient\n" + "".join(f"{i},{i.split('/')[0]},{mrn[i]}\n" for i in record_ids))
+    for seed in range(4):
+        split = SplitConfig(seed=seed, group_by="column:patient")
+        dataset = load_dataset(DataConfig(source=str(patient_slices), resolution=16, labels=str(labels), split=split), registry)
+        assert not crossing(sides(dataset), mrn)
+        assert len({mrn[i] for i in dataset.split["held_out"]}) >= 1
+    save_split(dataset, tmp_path / "split.json")
+    text = (tmp_path / "split.json").read_text()
+    assert not any(value in text for value in mrn.values())
+    assert json.loads(text)["grouping"]["groups"] == {"train": len(set(mrn.values())) - len({mrn[i] for i in dataset.split["held_out"]}),
+                                                      "held_out": len({mrn[i] for i in dataset.split["held_out"]})}
+
+
+def test_column_group_errors_name_the_csv_the_column_and_the_file(registry, patient_slices, tmp_path):
+    record_ids = ids(scan(registry, "image_folder", patient_slices))
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label,patient\n" + "".join(f"{i},{i.split('/')[0]},{'' if n == 4 else n // 3}\n" for n, i in enumerate(record_ids)))
+    def load(group_by, labels_setting=str(labels)):
+        return load_dataset(DataConfig(source=str(patient_slices), resolution=16, labels=labels_setting, split=SplitConfig(group_by=group_by)), registry)
+    with pytest.raises(DataError, match=rf"^{labels}: line 6 has an empty 'patient' for '{record_ids[4]}'$"):
+        load("column:patient")
+    with pytest.raises(DataError, match=rf"^{labels}: no column 'subject' \(columns: file, label, patient\); name one of them in data\.split\.group_by: column:NAME$"):
+        load("column:subject")
+    with pytest.raises(DataError, match=r"^data\.split\.group_by: column:patient reads a column of the labels CSV, but data\.labels is 'auto'; set data\.labels"):
+        load("column:patient", "auto")
+    labels.write_text("file,label,patient\n" + "".join(f"{i},{i.split('/')[0]},{n}\n" for n, i in enumerate(record_ids[1:])))
+    with pytest.raises(DataError, match=rf"^{labels}: has no row for '{record_ids[0]}'"):
+        load("column:patient")
+
+
+def test_regex_errors_name_the_field_and_an_example_id(registry, patient_slices):
+    config = DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(group_by=r"regex:^(patient\d+)/"))
+    with pytest.raises(DataError, match=r"^data\.split\.group_by: regex:\^\(patient\\d\+\)/ does not match the record id 'healthy/p00_0\.png'; "):
+        load_dataset(config, registry)
+    optional = DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(group_by=r"regex:(x)?p"))
+    with pytest.raises(DataError, match=r"regex:\(x\)\?p captures nothing from the record id 'healthy/p00_0\.png'"):
+        load_dataset(optional, registry)
+    base = {"run_dir": "r", "generator": {"name": "x"}, "budget": {"kimg": 1}}
+    for pattern, count in ((r"^(\w+)/(p\d+)_", 2), (r"^\w+/p", 0)):
+        with pytest.raises(ConfigError, match=rf"^config: data\.split\.group_by: regex:.* has {count} capture groups; it needs exactly one.*e\.g\. regex:"):
+            load_config({**base, "data": {"split": {"group_by": f"regex:{pattern}"}}})
+
+
+def test_an_attribute_needs_a_format_with_headers(registry, patient_slices):
+    config = DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(group_by="PatientID"))
+    with pytest.raises(DataError, match=r"^data\.split\.group_by: 'PatientID' is a header attribute, and format 'image_folder' has no headers; use column:NAME"):
+        load_dataset(config, registry)
+
+
+def test_a_group_the_source_puts_on_both_sides_is_an_error(registry, tmp_path):
+    images = skimage.data.cell()[:280:10, :280:10][None].repeat(6, axis=0)
+    np.savez(tmp_path / "m.npz", train_images=images[:3], train_labels=np.zeros((3, 1), int), test_images=images[3:], test_labels=np.zeros((3, 1), int))
+    records = scan(registry, "npz", tmp_path / "m.npz")
+    config = DataConfig(source=str(tmp_path / "m.npz"), split=SplitConfig(group_by=r"regex:#(\d+)"))
+    grouping = group_records(records, config, registry.data_format("npz")(registry.data_format("npz").Params()), "npz")
+    with pytest.raises(DataError, match=r"^data\.split\.group_by: regex:#\(\\d\+\) puts 'test#0' and 'train#0' in one group, but the source fixes them to held_out and train"):
+        split_records(records, config.split, grouping)
+
+
+def test_a_run_on_dicom_writes_no_patient_identifier_and_reports_images_without_one(tmp_path, capsys, one_thread):
+    import toy_plugin
+    from raresynth.training import train
+
+    registry = load_plugins(only=["formats"], extra=[("toy", toy_plugin)])
+    folder = tmp_path / "dicom"
+    by_patient = write_patient_series(folder)
+    lonely = by_patient["PAT-0003"][1]
+    header = pydicom.dcmread(folder / lonely)
+    del header.PatientID
+    header.save_as(folder / lonely)
+    config = load_config({
+        "run_dir": str(tmp_path / "run"),
+        "data": {"source": str(folder), "resolution": 16},
+        "generator": {"name": "toy"},
+        "budget": {"kimg": 0.016},
+        "batch_size": 8,
+        "schedule": {"tick_kimg": 0.008, "snapshot_kimg": 0.016, "grid_size": 4},
+    }, registry=registry)
+    train(config, registry=registry, progress_bar=False)
+    assert f"raresynth: 1 image(s) have no PatientID (e.g. '{lonely}'); each is grouped by its format's group" in capsys.readouterr().err
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert split["grouping"]["group_by"] == "PatientID" and split["grouping"]["fallback_to_format_group"] == 1
+    assert split["grouping"]["groups"]["held_out"] >= 1
+    written = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert {"split.json", "data.json", "config.yaml"} <= {path.name for path in written}
+    for path in written:  # every file the run wrote, checkpoints included
+        content = path.read_bytes()
+        assert not any(patient.encode() in content for patient in by_patient), f"a PatientID leaked into {path.name}"

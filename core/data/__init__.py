@@ -12,7 +12,7 @@ from .images import save_grid, to_uint8
 from .inspect import InspectReport, inspect_source
 from .labels import apply_labels
 from .preprocess import preprocess
-from .split import HELD_OUT, TRAIN, split_records
+from .split import HELD_OUT, TRAIN, Grouping, group_records, split_records
 
-__all__ = ["HELD_OUT", "TRAIN", "Dataset", "InspectReport", "apply_labels", "check_split", "inspect_source", "load_dataset",
+__all__ = ["HELD_OUT", "TRAIN", "Dataset", "Grouping", "InspectReport", "apply_labels", "check_split", "group_records", "inspect_source", "load_dataset",
            "load_split", "preprocess", "resolve_format", "save_grid", "save_split", "split_records", "to_uint8"]

@@ -8,8 +8,9 @@ same way for every format:
    or nowhere (:func:`apply_labels`).
 3. Each record is read and preprocessed (:func:`preprocess`): intensity to
    ``[0, 1]``, channels, crop or pad to square, resize, then ``[-1, 1]``.
-4. :func:`split_records` splits by group (patient, volume, series), stratified by
-   label, deterministically for a seed.
+4. :func:`group_records` finds each record's group (``data.split.group_by``: a
+   patient by default for DICOM) and :func:`split_records` splits by group,
+   stratified by label, deterministically for a seed.
 
 A bad file stops loading with a :class:`DataError` that names it, or, with
 ``on_bad_file: skip``, is left out and listed in :attr:`Dataset.skipped`. For that
@@ -26,6 +27,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ from ..registry import Registry
 from .formats import resolve_format
 from .labels import apply_labels, class_names_of
 from .preprocess import describe_record, preprocess
-from .split import HELD_OUT, TRAIN, split_records
+from .split import FORMAT_GROUP, HELD_OUT, TRAIN, Grouping, group_records, split_records
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Dataset:
     split: dict[str, list[str]]  # {"train": [record ids], "held_out": [record ids]}
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (record id or path, reason)
     format: str = ""
+    grouping: Grouping | None = None  # the group of each record (hashed), for split.json
 
 
 # ---------------------------------------------------------------------------
@@ -67,6 +70,7 @@ def load_dataset(config: DataConfig, registry: Registry) -> Dataset:
         raise DataError(f"{source}: no images found (format {format_name}: {type(data_format).description})")
     _require_unique_ids(scanned, source, format_name)
     records, skipped = apply_labels(scanned, config)
+    grouping = group_records(records, config, data_format, format_name)  # before reading: a bad group_by fails fast
     # One record after another: formats may cache (a DICOM file's frames, a NIfTI
     # volume) and need not be thread-safe.
     arrays: dict[str, np.ndarray] = {}
@@ -80,7 +84,8 @@ def load_dataset(config: DataConfig, registry: Registry) -> Dataset:
     usable = [record for record in records if record.id in arrays]
     if not usable:
         raise DataError(f"{source}: none of the {len(scanned)} images could be used; first problem: {skipped[0][1]}")
-    train, held_out = split_records(usable, config.split)
+    grouping = Grouping(grouping.group_by, {r.id: grouping.keys[r.id] for r in usable}, [i for i in grouping.fallback if i in arrays])
+    train, held_out = split_records(usable, config.split, grouping)
     if not train:
         raise DataError(f"{source}: the training split is empty ({len(held_out)} images, all held out by the source's own split)")
     class_names = class_names_of(usable)
@@ -91,6 +96,7 @@ def load_dataset(config: DataConfig, registry: Registry) -> Dataset:
         split={TRAIN: [r.id for r in train], HELD_OUT: [r.id for r in held_out]},
         skipped=skipped,
         format=format_name,
+        grouping=grouping,
     )
 
 
@@ -134,35 +140,73 @@ def _image_set(records: list[Record], arrays: dict[str, np.ndarray], class_names
 
 
 def save_split(dataset: Dataset, path: str | Path) -> None:
-    """Write the split as JSON: record ids only (paths relative to data.source), no header values."""
+    """Write the split as JSON: record ids (paths relative to data.source) and the grouping, no header values.
+
+    ``grouping`` holds the effective ``group_by``, the number of groups on each side,
+    how many records lacked the attribute (grouped by the format's group instead)
+    and each record's group key, hashed: records with one key share a patient.
+    """
     path = Path(path)
-    content = {"format": dataset.format, TRAIN: dataset.split[TRAIN], HELD_OUT: dataset.split[HELD_OUT]}
+    content: dict[str, Any] = {"format": dataset.format}
+    if dataset.grouping is not None:
+        keys = dataset.grouping.saved_keys()
+        content["grouping"] = {
+            "group_by": dataset.grouping.group_by,
+            "groups": {side: len({dataset.grouping.keys[i] for i in dataset.split[side]}) for side in (TRAIN, HELD_OUT)},
+            "fallback_to_format_group": len(dataset.grouping.fallback),
+            "keys": keys,
+        }
+    content[TRAIN], content[HELD_OUT] = dataset.split[TRAIN], dataset.split[HELD_OUT]
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=1) + "\n")
+    with temporary.open("w") as file:
+        file.write(json.dumps(content, indent=1) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(temporary, path)
 
 
-def load_split(path: str | Path) -> dict[str, list[str]]:
-    """The ``{"train": [...], "held_out": [...]}`` ids :func:`save_split` wrote."""
+def load_split(path: str | Path) -> dict[str, Any]:
+    """What :func:`save_split` wrote: ``{"train": [ids], "held_out": [ids]}``, and ``"grouping"`` when saved."""
     path = Path(path)
     try:
         content = json.loads(path.read_text())
-        return {TRAIN: list(content[TRAIN]), HELD_OUT: list(content[HELD_OUT])}
+        saved: dict[str, Any] = {TRAIN: list(content[TRAIN]), HELD_OUT: list(content[HELD_OUT])}
+        if "grouping" in content:  # absent in runs started before data.split.group_by
+            grouping = content["grouping"]
+            saved["grouping"] = {"group_by": str(grouping["group_by"]), "keys": dict(grouping["keys"])}
+        return saved
     except FileNotFoundError:
         raise DataError(f"{path}: saved split not found") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: not a valid saved split ({exc}); it is written by raresynth, do not edit it") from None
 
 
-def check_split(dataset: Dataset, saved: dict[str, list[str]]) -> None:
-    """Raise when the data loaded now is not split as it was when the run started."""
+def check_split(dataset: Dataset, saved: dict[str, Any]) -> None:
+    """Raise when the data loaded now is not split, or grouped, as it was when the run started."""
     train_changes = set(dataset.split[TRAIN]) ^ set(saved[TRAIN])
     held_out_changes = set(dataset.split[HELD_OUT]) ^ set(saved[HELD_OUT])
-    if not train_changes and not held_out_changes:
+    saved_grouping = saved.get("grouping")
+    if train_changes or held_out_changes:
+        example = sorted(train_changes or held_out_changes)[0]
+        held_out_note = f" and {len(held_out_changes)} held-out images" if held_out_changes else ""
+        older = ""
+        if saved_grouping is None and dataset.grouping is not None and dataset.grouping.group_by != FORMAT_GROUP:
+            older = f" (this run predates data.split.group_by and was split by the format's groups; it is split by {dataset.grouping.group_by} now)"
+        raise DataError(
+            f"data.source changed since this run started: {len(train_changes)} training images{held_out_note} differ "
+            f"(e.g. '{example}'){older}; restore the original data, or start a new run in another run_dir"
+        )
+    if saved_grouping is None or dataset.grouping is None:
         return
-    example = sorted(train_changes or held_out_changes)[0]
-    held_out_note = f" and {len(held_out_changes)} held-out images" if held_out_changes else ""
-    raise DataError(
-        f"data.source changed since this run started: {len(train_changes)} training images{held_out_note} differ "
-        f"(e.g. '{example}'); restore the original data, or start a new run in another run_dir"
-    )
+    if saved_grouping["group_by"] != dataset.grouping.group_by:
+        raise DataError(
+            f"data.split.group_by is {dataset.grouping.group_by} now, but this run was split by {saved_grouping['group_by']}; "
+            "set it back, or start a new run in another run_dir"
+        )
+    keys = dataset.grouping.saved_keys()
+    regrouped = sorted(i for i in keys if keys[i] != saved_grouping["keys"].get(i))
+    if regrouped:
+        raise DataError(
+            f"data.source changed since this run started: {len(regrouped)} images are in another group by "
+            f"{dataset.grouping.group_by} now (e.g. '{regrouped[0]}'); restore the original data, or start a new run in another run_dir"
+        )

@@ -60,23 +60,36 @@ def _labels_from_csv(records: list[Record], csv_path: Path, config: DataConfig) 
 
 def read_label_csv(path: Path, file_column: str, label_column: str) -> dict[str, str]:
     """``{record id: class name}`` from a CSV file; ids may also name a whole volume file."""
+    return read_csv_column(path, file_column, label_column, "set data.labels_column")
+
+
+def read_csv_column(path: Path, file_column: str, value_column: str, fix_column: str) -> dict[str, str]:
+    """``{record id: value}`` from two columns of the labels CSV (``data.labels``).
+
+    ``fix_column`` says how to name another value column when ``value_column`` is
+    missing. Values are not quoted in errors: a column may hold patient identifiers.
+    """
     if not path.is_file():
         raise DataError(f"{path}: labels CSV not found (data.labels)")
     with path.open(newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         columns = reader.fieldnames or []
-        for column, setting in ((file_column, "labels_file_column"), (label_column, "labels_column")):
+        for column, fix in ((file_column, "set data.labels_file_column"), (value_column, fix_column)):
             if column not in columns:
-                raise DataError(f"{path}: no column '{column}' (columns: {', '.join(columns) or 'none'}); set data.{setting}")
+                raise DataError(f"{path}: no column '{column}' (columns: {', '.join(columns) or 'none'}); {fix}")
         table: dict[str, str] = {}
+        line_of: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
             entry = _normalize_id(row[file_column] or "")
-            label = (row[label_column] or "").strip()
-            if not entry or not label:
-                raise DataError(f"{path}: line {line} has an empty '{file_column}' or '{label_column}'")
-            if table.get(entry, label) != label:
-                raise DataError(f"{path}: '{entry}' is listed twice with different labels ({table[entry]}, {label})")
-            table[entry] = label
+            value = (row[value_column] or "").strip()
+            if not entry:
+                raise DataError(f"{path}: line {line} has an empty '{file_column}'")
+            if not value:
+                raise DataError(f"{path}: line {line} has an empty '{value_column}' for '{entry}'")
+            if table.get(entry, value) != value:
+                raise DataError(f"{path}: '{entry}' is listed twice with different '{value_column}' (lines {line_of[entry]} and {line})")
+            table[entry] = value
+            line_of.setdefault(entry, line)
     return table
 
 

@@ -200,6 +200,10 @@ def train(
             print(f"raresynth: resuming {run_dir} with changed options: " + "; ".join(changes), file=sys.stderr)
 
     dataset = load_dataset(config.data, registry)
+    grouping = dataset.grouping
+    if grouping is not None and grouping.fallback and accelerator.is_main_process:
+        print(f"raresynth: {len(grouping.fallback)} image(s) have no {grouping.group_by} (e.g. '{grouping.fallback[0]}'); "
+              "each is grouped by its format's group (a DICOM series) instead", file=sys.stderr)
     if resume:
         check_split(dataset, load_split(run_dir / "split.json"))
     spec = dataset.spec

@@ -6,8 +6,10 @@ means high signal, and the header's display window is passed on for
 ``intensity.mode: window`` / ``auto``. A multi-frame file gives one image per frame.
 
 Patient data stays in the files: records hold paths, frame numbers and a hash of
-the study and series UIDs (so that the split keeps a series on one side) and no
-header value is ever copied, logged or written.
+the study and series UIDs (the format's own group: a series) and no header value
+is ever copied, logged or written. The split groups by ``PatientID`` by default:
+:meth:`Dicom.attribute_value` hands the core one attribute's value, which the core
+hashes at once (``data.split.group_by``).
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.datadict
 import pydicom.uid
 from pydicom.dataset import Dataset as DicomDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
+from raresynth import DataError, DataFormat, PluginParams, RawImage, Record, did_you_mean
 
 from ._files import iter_files, one_line, relative_id, require_nonempty, source_root
 
@@ -62,12 +65,15 @@ class Dicom(DataFormat):
         pass
 
     description = "DICOM: a .dcm file or a folder of DICOM files (files without extension too); one image per frame"
+    default_group_by = "PatientID"  # two series of one patient must not land on both sides of the split
 
     def __init__(self, params: PluginParams):
         super().__init__(params)
         self._cached_path: Path | None = None  # the last file decoded, so frames decode once
         self._cached_frames: np.ndarray | None = None
         self._cached_window: tuple[float, float] | None = None
+        # (file, keyword, value) of the last attribute looked up, so frames read the header once
+        self._cached_attribute: tuple[Path, str, str | None] | None = None
 
     @classmethod
     def can_read(cls, source: Path) -> bool:
@@ -119,6 +125,16 @@ class Dicom(DataFormat):
             raise DataError(f"{record.source}: has {len(frames)} frame(s), no frame {record.index}")
         return RawImage(pixels=pixels, window=self._cached_window)
 
+    def attribute_value(self, record: Record, attribute: str) -> str | None:
+        """The header's value of ``attribute`` (a DICOM keyword), or None when absent, empty or unreadable."""
+        if self._cached_attribute is not None and self._cached_attribute[:2] == (record.source, attribute):
+            return self._cached_attribute[2]
+        _require_keyword(attribute)
+        header = _read_header(record.source)
+        value = None if header is None else _attribute_text(header, attribute)
+        self._cached_attribute = (record.source, attribute, value)
+        return value
+
 
 # ---------------------------------------------------------------------------
 # Reading
@@ -161,6 +177,25 @@ def _frame_count(header: DicomDataset) -> int:
         return max(1, int(header.get("NumberOfFrames", 1) or 1))
     except (TypeError, ValueError):
         return 1
+
+
+def _require_keyword(keyword: str) -> None:
+    if pydicom.datadict.tag_for_keyword(keyword) is None:
+        raise DataError(
+            f"data.split.group_by: '{keyword}' is not a DICOM attribute keyword (e.g. PatientID, StudyInstanceUID)."
+            + did_you_mean(keyword, pydicom.datadict.keyword_dict)
+        )
+
+
+def _attribute_text(header: DicomDataset, keyword: str) -> str | None:
+    if keyword not in header:
+        return None
+    element = header[keyword]
+    if element.VR == "SQ":
+        raise DataError(f"data.split.group_by: '{keyword}' is a DICOM sequence, not a value; choose an attribute such as PatientID")
+    value = element.value
+    text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue) else str(value if value is not None else "")
+    return text.strip() or None
 
 
 def _series_group(header: DicomDataset) -> str:
