@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from helpers import embedded_data
@@ -79,7 +80,8 @@ def test_closest_pairs_are_saved_as_a_png_grid_and_json(plugins, data, tmp_path)
 def test_pixel_space_only_and_meehan_cells(plugins, data):
     values = {v.name: v.value for v in audit(plugins, data, embedding=None, meehan_cells=2).compute(
         data.train, data.held_out, with_planted_copies(data))}
-    assert set(values) == {"copy_rate_pixel", "meehan_z_pixel", "authenticity_pixel", "authenticity_held_out_pixel"}
+    assert set(values) == {"copy_rate_pixel", "copy_threshold_fpr_pixel", "meehan_z_pixel", "authenticity_pixel",
+                           "authenticity_held_out_pixel"}
     assert values["meehan_z_pixel"] < 0
     with pytest.raises(ConfigError, match="meehan_cells: 500 cells for 64 training images"):
         audit(plugins, data, embedding=None, meehan_cells=500).compute(data.train, data.held_out, data.held_out)
@@ -96,3 +98,52 @@ def test_meehan_z_sign():
     assert mann_whitney_z(near, far) < -3  # synthetic closer than held-out: data-copying
     assert mann_whitney_z(far, near) > 3  # farther: underfitting
     assert mann_whitney_z(near, near) == pytest.approx(0.0)
+
+
+# -- near-copies: the self-test ------------------------------------------------------
+
+
+def near_copies(images: torch.Tensor, seed: int = 3) -> dict[str, torch.Tensor]:
+    """Training images exactly, flipped, shifted, noised and intensity-scaled: what a memorizing generator emits."""
+    generator = torch.Generator().manual_seed(seed)
+    padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
+    side = images.shape[-1]
+    return {
+        "exact": images,
+        "hflip": images.flip(-1),
+        "vflip": images.flip(-2),
+        "shifted": padded[..., 0:side, 3 : 3 + side],  # 2 pixels down, 1 left, the border repeated
+        "noised": (images + 0.05 * torch.randn(images.shape, generator=generator)).clamp(-1, 1),
+        "scaled": images * 0.8 + 0.1,
+        "cropped": F.interpolate(images[..., 2:-2, 2:-2], size=(side, side), mode="bilinear", align_corners=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def wide(plugins):
+    """More held-out images: half calibrate the audit, half are the honest synthetic images."""
+    return embedded_data(plugins, resolution=32, channels=3, train_per_class=32, held_out_per_class=30, crop_size=64)
+
+
+def test_near_copies_are_flagged_and_honest_images_are_not(plugins, wide):
+    order = torch.randperm(len(wide.held_out), generator=torch.Generator().manual_seed(0))
+    calibration = ImageSet(wide.held_out.images[order[:30]])
+    honest = wide.held_out.images[order[30:]]
+    copied = torch.arange(0, len(wide.train), 4)  # 16 training images, both classes
+    planted = near_copies(wide.train.images[copied])
+    synthetic = ImageSet(torch.cat([honest, *planted.values()]))
+    metric = audit(plugins, wide)
+    pixel, domain = metric.audits(wide.train, calibration, synthetic)
+    for space in (pixel, domain):
+        assert float(space.copies[: len(honest)].double().mean()) <= 0.1, space.space  # honest images
+        assert space.nominal_fpr == pytest.approx(1 / 31)  # k = 1 of 30 held-out images
+        assert 0 <= space.measured_fpr <= 0.1
+        flags = space.copies[len(honest):].view(len(planted), len(copied))
+        assert flags[:3].all(), space.space  # exact and flipped copies, in both spaces
+    # Pixel space is the invariant one: nine in ten near-copies, every kind at least half.
+    flags = pixel.copies[len(honest):].view(len(planted), len(copied))
+    rates = {kind: float(flags[i].double().mean()) for i, kind in enumerate(planted)}
+    assert float(flags.double().mean()) >= 0.9 and min(rates.values()) >= 0.5, rates
+    hits = torch.nonzero(flags.flatten()).flatten()
+    assert (pixel.nearest_train[len(honest):][hits] == copied.repeat(len(planted))[hits]).all()  # the right image
+    assert pixel.transforms[len(honest) + len(copied)].startswith("hflip")  # and how it was changed
