@@ -10,8 +10,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import yaml
+
 from helpers import embedded_data
 from raresynth import ConfigError, ImageSet
+from raresynth.cli import main
+from raresynth.config import load_config
+from raresynth.data import load_dataset
+from raresynth.data.images import to_uint8
+from raresynth.training import train
 from raresynth.evaluation.features import CACHE_ENV
 from raresynth.plugins.memorization.audit import mann_whitney_z
 
@@ -147,3 +154,49 @@ def test_near_copies_are_flagged_and_honest_images_are_not(plugins, wide):
     hits = torch.nonzero(flags.flatten()).flatten()
     assert (pixel.nearest_train[len(honest):][hits] == copied.repeat(len(planted))[hits]).all()  # the right image
     assert pixel.transforms[len(honest) + len(copied)].startswith("hflip")  # and how it was changed
+
+
+# -- raresynth audit -----------------------------------------------------------------
+
+
+def write_pngs(images: torch.Tensor, folder, names) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for array, name in zip(to_uint8(images), names):
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / name)
+
+
+def test_audit_command_flags_copies_in_a_folder_against_a_data_config(plugins, wide, tmp_path, capsys):
+    data_section = {"format": "embedded", "resolution": 32, "channels": 3,
+                    "format_options": {"train_per_class": 32, "held_out_per_class": 30, "crop_size": 64}}
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"data": data_section}))
+    honest = wide.held_out.images[:12]
+    copies = near_copies(wide.train.images[[3, 40]])
+    folder = tmp_path / "made-elsewhere"
+    write_pngs(honest, folder, [f"honest-{i}.png" for i in range(12)])
+    write_pngs(torch.cat([copies["exact"], copies["hflip"]]), folder, ["copy-a.png", "copy-b.png", "flipped-a.png", "flipped-b.png"])
+    out = tmp_path / "audit"
+    assert main(["audit", str(folder), "--against", str(config), "--out", str(out), "embedding=null"]) == 0
+    summary = json.loads((out / "audit.json").read_text())
+    (pixel,) = summary["spaces"]
+    flagged = {f["file"]: f for f in pixel["flagged"]}
+    assert {"copy-a.png", "copy-b.png", "flipped-a.png", "flipped-b.png"} <= set(flagged)
+    assert flagged["copy-b.png"]["train_index"] == 40 and flagged["flipped-a.png"]["transform"].startswith("hflip")
+    assert pixel["copy_rate"] == len(flagged) / 16 and summary["train"] == 64 and summary["held_out"] == 60
+    assert 0 < pixel["copy_threshold_fpr_nominal"] <= 0.05
+    assert Image.open(out / pixel["grid"]).size == (8 * 32, 4 * 32)  # all 16 pairs, 4 a row
+    printed = capsys.readouterr().out
+    assert "copy-a.png" in printed and f"{pixel['copy_rate']:.3f}" in printed
+
+
+def test_audit_command_against_a_run_directory(toy_config, registry, tmp_path, capsys):
+    run = train(load_config(toy_config(), registry=registry), registry=registry, progress_bar=False)
+    data = load_dataset(load_config(run.run_dir / "config.yaml", registry=registry).data, registry)
+    folder = tmp_path / "samples"
+    write_pngs(torch.cat([data.train.images[:2], data.held_out.images[:2]]), folder, ["t0.png", "t1.png", "h0.png", "h1.png"])
+    assert main(["audit", str(folder), "--against", str(run.run_dir), "embedding=null"]) == 0
+    summary = json.loads((tmp_path / "samples-audit" / "audit.json").read_text())
+    assert {"t0.png", "t1.png"} <= {f["file"] for f in summary["spaces"][0]["flagged"]}
+    assert summary["train"] == len(data.train) and summary["held_out"] == len(data.held_out)
+    assert main(["audit", str(folder), "--against", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run directory (no config.yaml)" in capsys.readouterr().err

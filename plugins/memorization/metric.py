@@ -25,6 +25,7 @@ from .audit import (
     embedding_distances,
     pixel_distances,
     save_pairs,
+    write_json,
 )
 from .matching import FLIPS, Matching, flipped
 
@@ -96,6 +97,34 @@ class Memorization(Metric):
             "pixel", synthetic_distance, pixel_distances(held_out.images, train.images, p.pixel_similarity, matching=matching)[0],
             pixel_distances(train.images, train.images, p.pixel_similarity, same=True, matching=matching)[0], p.percentile,
             p.meehan_cells, vectors, p.seed, p.fpr_splits, which, matching.transforms() if which is not None else None)
+
+    def audit_folder(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet, names: list[str], out_dir: Path) -> dict:
+        """The audit of images from any tool (``raresynth audit``): grids and ``audit.json`` in ``out_dir``; returns the summary.
+
+        ``names`` are the synthetic images' file names, in order. The summary holds, per
+        space: ``copy_rate``, ``threshold``, ``copy_threshold_fpr`` (measured, leave-out)
+        and ``copy_threshold_fpr_nominal``, ``meehan_z``, ``authenticity`` and its held-out
+        baseline, and ``flagged``: the files below the threshold with their nearest
+        training image (by index in the training split) and distance, nearest first.
+        """
+        if len(names) != len(synthetic):
+            raise ValueError("one name per synthetic image")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spaces = []
+        for audit in self.audits(train, held_out, synthetic):
+            grid = save_pairs(audit, synthetic.images, train.images, out_dir, self.params.grid_pairs)
+            flagged = [{"file": names[pair["synthetic"]], "train_index": pair["train"], "distance": pair["distance"],
+                        **({"transform": pair["transform"]} if "transform" in pair else {})}
+                       for pair in audit.closest_pairs(len(synthetic)) if pair["copy"]]
+            spaces.append({"space": audit.space, "copy_rate": audit.copy_rate, "threshold": audit.threshold,
+                           "copy_threshold_fpr": audit.measured_fpr, "copy_threshold_fpr_nominal": audit.nominal_fpr,
+                           "meehan_z": audit.meehan_z, "authenticity": audit.authenticity,
+                           "authenticity_held_out": audit.held_out_authenticity, "grid": grid.name, "flagged": flagged})
+        summary = {"synthetic": len(synthetic), "train": len(train), "held_out": len(held_out),
+                   "percentile": self.params.percentile, "spaces": spaces}
+        write_json(out_dir / "audit.json", summary)
+        return summary
 
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         values = []
