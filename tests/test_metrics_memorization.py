@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
 import yaml
+from PIL import Image
 
 from helpers import embedded_data
 from raresynth import ConfigError, ImageSet
@@ -18,9 +17,9 @@ from raresynth.cli import main
 from raresynth.config import load_config
 from raresynth.data import load_dataset
 from raresynth.data.images import to_uint8
-from raresynth.training import train
 from raresynth.evaluation.features import CACHE_ENV
 from raresynth.plugins.memorization.audit import mann_whitney_z
+from raresynth.training import train
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
 FAST_DOMAIN = {"epochs": 3}
