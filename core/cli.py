@@ -7,6 +7,7 @@
     raresynth sample RUN --n 16 --out DIR   PNG files plus manifest.json
     raresynth data inspect PATH             what a reader sees in a file or folder
     raresynth bench CONFIG [a.b=value ...]  train and compare variants on one dataset, write report.md
+    raresynth audit DIR --against RUN       are the images in DIR copies of the run's training images?
 
 Errors the user can fix are printed as one line, without a traceback, exit code 2.
 Several processes: ``accelerate launch -m raresynth train ...`` or
@@ -81,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--processes", type=int, default=1, metavar="N",
                        help="train each run on N processes, e.g. one per GPU (launched with torchrun; default 1: in this process)")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    audit = commands.add_parser("audit", help="memorization audit of a folder of images made by any tool")
+    audit.add_argument("synthetic", type=Path, help="folder of PNG / JPEG / BMP images")
+    audit.add_argument("--against", type=Path, required=True, metavar="RUN_OR_CONFIG",
+                       help="a run directory (its training split) or a data config file (its train split)")
+    audit.add_argument("--out", type=Path, help="folder for audit.json and the closest-pair grids (default: SYNTHETIC-audit beside it)")
+    audit.add_argument("options", nargs="*", metavar="key=value", help="memorization metric options, e.g. percentile=1 embedding=null")
     return parser
 
 
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # key=value words may come after options too (`sample RUN --n 4 truncation=0.7`);
     # argparse leaves those over, so they are collected here.
     args, extra = parser.parse_known_args(argv)
-    target = {"train": "overrides", "sample": "options", "bench": "overrides"}.get(args.command)
+    target = {"train": "overrides", "sample": "options", "bench": "overrides", "audit": "options"}.get(args.command)
     stray = [word for word in extra if target is None or "=" not in word or word.startswith("-")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
@@ -203,7 +211,34 @@ def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
-COMMANDS = {"plugins": cmd_plugins, "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench}
+def cmd_audit(args: argparse.Namespace, registry: Registry) -> int:
+    from .config import apply_overrides, validate_plugin_params
+    from .evaluation.imagesets import image_files, load_image_folder
+    from .evaluation.training_data import load_training_data
+
+    dataset = load_training_data(args.against, registry)
+    spec = dataset.spec
+    synthetic = load_image_folder(args.synthetic, spec.resolution, spec.channels, class_names=spec.class_names)
+    names = [str(p.relative_to(args.synthetic.expanduser())) for p in image_files(args.synthetic, spec.class_names)]
+    cls = registry.metric("memorization")
+    if not hasattr(cls, "audit_folder"):
+        raise RaresynthError("the installed 'memorization' metric has no audit_folder method; reinstall raresynth's memorization plugin")
+    params = validate_plugin_params(cls, apply_overrides({}, args.options), "memorization")
+    out = args.out or args.synthetic.expanduser().resolve().with_name(args.synthetic.expanduser().resolve().name + "-audit")
+    summary = cls(params, spec).audit_folder(dataset.train, dataset.held_out, synthetic, names, out)
+    print(f"{summary['synthetic']} images against {summary['train']} training images, threshold calibrated on "
+          f"{summary['held_out']} held-out images at percentile {summary['percentile']:g}")
+    print(f"{'space':<10} {'copy rate':>9} {'threshold':>10} {'FPR':>6} {'nominal':>8}  flagged")
+    for space in summary["spaces"]:
+        flagged = ", ".join(f["file"] for f in space["flagged"][:10]) + (" ..." if len(space["flagged"]) > 10 else "")
+        print(f"{space['space']:<10} {space['copy_rate']:>9.3f} {space['threshold']:>10.4f} {space['copy_threshold_fpr']:>6.3f} "
+              f"{space['copy_threshold_fpr_nominal']:>8.3f}  {flagged or '-'}")
+    print(f"wrote {out / 'audit.json'}")
+    return 0
+
+
+COMMANDS = {"plugins": cmd_plugins, "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench,
+            "audit": cmd_audit}
 
 
 if __name__ == "__main__":  # pragma: no cover

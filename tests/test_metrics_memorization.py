@@ -7,12 +7,19 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import yaml
 from PIL import Image
 
 from helpers import embedded_data
 from raresynth import ConfigError, ImageSet
+from raresynth.cli import main
+from raresynth.config import load_config
+from raresynth.data import load_dataset
+from raresynth.data.images import to_uint8
 from raresynth.evaluation.features import CACHE_ENV
 from raresynth.plugins.memorization.audit import mann_whitney_z
+from raresynth.training import train
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
 FAST_DOMAIN = {"epochs": 3}
@@ -79,7 +86,8 @@ def test_closest_pairs_are_saved_as_a_png_grid_and_json(plugins, data, tmp_path)
 def test_pixel_space_only_and_meehan_cells(plugins, data):
     values = {v.name: v.value for v in audit(plugins, data, embedding=None, meehan_cells=2).compute(
         data.train, data.held_out, with_planted_copies(data))}
-    assert set(values) == {"copy_rate_pixel", "meehan_z_pixel", "authenticity_pixel", "authenticity_held_out_pixel"}
+    assert set(values) == {"copy_rate_pixel", "copy_threshold_fpr_pixel", "meehan_z_pixel", "authenticity_pixel",
+                           "authenticity_held_out_pixel"}
     assert values["meehan_z_pixel"] < 0
     with pytest.raises(ConfigError, match="meehan_cells: 500 cells for 64 training images"):
         audit(plugins, data, embedding=None, meehan_cells=500).compute(data.train, data.held_out, data.held_out)
@@ -96,3 +104,98 @@ def test_meehan_z_sign():
     assert mann_whitney_z(near, far) < -3  # synthetic closer than held-out: data-copying
     assert mann_whitney_z(far, near) > 3  # farther: underfitting
     assert mann_whitney_z(near, near) == pytest.approx(0.0)
+
+
+# -- near-copies: the self-test ------------------------------------------------------
+
+
+def near_copies(images: torch.Tensor, seed: int = 3) -> dict[str, torch.Tensor]:
+    """Training images exactly, flipped, shifted, noised and intensity-scaled: what a memorizing generator emits."""
+    generator = torch.Generator().manual_seed(seed)
+    padded = F.pad(images, (2, 2, 2, 2), mode="replicate")
+    side = images.shape[-1]
+    return {
+        "exact": images,
+        "hflip": images.flip(-1),
+        "vflip": images.flip(-2),
+        "shifted": padded[..., 0:side, 3 : 3 + side],  # 2 pixels down, 1 left, the border repeated
+        "noised": (images + 0.05 * torch.randn(images.shape, generator=generator)).clamp(-1, 1),
+        "scaled": images * 0.8 + 0.1,
+        "cropped": F.interpolate(images[..., 2:-2, 2:-2], size=(side, side), mode="bilinear", align_corners=False),
+    }
+
+
+@pytest.fixture(scope="module")
+def wide(plugins):
+    """More held-out images: half calibrate the audit, half are the honest synthetic images."""
+    return embedded_data(plugins, resolution=32, channels=3, train_per_class=32, held_out_per_class=30, crop_size=64)
+
+
+def test_near_copies_are_flagged_and_honest_images_are_not(plugins, wide):
+    order = torch.randperm(len(wide.held_out), generator=torch.Generator().manual_seed(0))
+    calibration = ImageSet(wide.held_out.images[order[:30]])
+    honest = wide.held_out.images[order[30:]]
+    copied = torch.arange(0, len(wide.train), 4)  # 16 training images, both classes
+    planted = near_copies(wide.train.images[copied])
+    synthetic = ImageSet(torch.cat([honest, *planted.values()]))
+    metric = audit(plugins, wide)
+    pixel, domain = metric.audits(wide.train, calibration, synthetic)
+    for space in (pixel, domain):
+        assert float(space.copies[: len(honest)].double().mean()) <= 0.1, space.space  # honest images
+        assert space.nominal_fpr == pytest.approx(1 / 31)  # k = 1 of 30 held-out images
+        assert 0 <= space.measured_fpr <= 0.1
+        flags = space.copies[len(honest):].view(len(planted), len(copied))
+        assert flags[:3].all(), space.space  # exact and flipped copies, in both spaces
+    # Pixel space is the invariant one: nine in ten near-copies, every kind at least half.
+    flags = pixel.copies[len(honest):].view(len(planted), len(copied))
+    rates = {kind: float(flags[i].double().mean()) for i, kind in enumerate(planted)}
+    assert float(flags.double().mean()) >= 0.9 and min(rates.values()) >= 0.5, rates
+    hits = torch.nonzero(flags.flatten()).flatten()
+    assert (pixel.nearest_train[len(honest):][hits] == copied.repeat(len(planted))[hits]).all()  # the right image
+    assert pixel.transforms[len(honest) + len(copied)].startswith("hflip")  # and how it was changed
+
+
+# -- raresynth audit -----------------------------------------------------------------
+
+
+def write_pngs(images: torch.Tensor, folder, names) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for array, name in zip(to_uint8(images), names):
+        Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / name)
+
+
+def test_audit_command_flags_copies_in_a_folder_against_a_data_config(plugins, wide, tmp_path, capsys):
+    data_section = {"format": "embedded", "resolution": 32, "channels": 3,
+                    "format_options": {"train_per_class": 32, "held_out_per_class": 30, "crop_size": 64}}
+    config = tmp_path / "data.yaml"
+    config.write_text(yaml.safe_dump({"data": data_section}))
+    honest = wide.held_out.images[:12]
+    copies = near_copies(wide.train.images[[3, 40]])
+    folder = tmp_path / "made-elsewhere"
+    write_pngs(honest, folder, [f"honest-{i}.png" for i in range(12)])
+    write_pngs(torch.cat([copies["exact"], copies["hflip"]]), folder, ["copy-a.png", "copy-b.png", "flipped-a.png", "flipped-b.png"])
+    out = tmp_path / "audit"
+    assert main(["audit", str(folder), "--against", str(config), "--out", str(out), "embedding=null"]) == 0
+    summary = json.loads((out / "audit.json").read_text())
+    (pixel,) = summary["spaces"]
+    flagged = {f["file"]: f for f in pixel["flagged"]}
+    assert {"copy-a.png", "copy-b.png", "flipped-a.png", "flipped-b.png"} <= set(flagged)
+    assert flagged["copy-b.png"]["train_index"] == 40 and flagged["flipped-a.png"]["transform"].startswith("hflip")
+    assert pixel["copy_rate"] == len(flagged) / 16 and summary["train"] == 64 and summary["held_out"] == 60
+    assert 0 < pixel["copy_threshold_fpr_nominal"] <= 0.05
+    assert Image.open(out / pixel["grid"]).size == (8 * 32, 4 * 32)  # all 16 pairs, 4 a row
+    printed = capsys.readouterr().out
+    assert "copy-a.png" in printed and f"{pixel['copy_rate']:.3f}" in printed
+
+
+def test_audit_command_against_a_run_directory(toy_config, registry, tmp_path, capsys):
+    run = train(load_config(toy_config(), registry=registry), registry=registry, progress_bar=False)
+    data = load_dataset(load_config(run.run_dir / "config.yaml", registry=registry).data, registry)
+    folder = tmp_path / "samples"
+    write_pngs(torch.cat([data.train.images[:2], data.held_out.images[:2]]), folder, ["t0.png", "t1.png", "h0.png", "h1.png"])
+    assert main(["audit", str(folder), "--against", str(run.run_dir), "embedding=null"]) == 0
+    summary = json.loads((tmp_path / "samples-audit" / "audit.json").read_text())
+    assert {"t0.png", "t1.png"} <= {f["file"] for f in summary["spaces"][0]["flagged"]}
+    assert summary["train"] == len(data.train) and summary["held_out"] == len(data.held_out)
+    assert main(["audit", str(folder), "--against", str(tmp_path)]) == 2
+    assert f"{tmp_path}: not a run directory (no config.yaml)" in capsys.readouterr().err

@@ -188,3 +188,8 @@ def check_compatible(reference: ImageSet, **others: ImageSet) -> None:
 def _describe(shape: tuple[int, ...]) -> str:
     channels, height, width = shape
     return f"{height}x{width} with {channels} channel{'s' if channels != 1 else ''}"
+
+
+def image_files(path: str | Path, class_names: Sequence[str] = ()) -> list[Path]:
+    """The files :func:`load_image_folder` reads from ``path``, in the order of its images."""
+    return _files_and_labels(Path(path).expanduser(), None, tuple(class_names))[0]

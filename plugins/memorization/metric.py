@@ -25,11 +25,19 @@ from .audit import (
     embedding_distances,
     pixel_distances,
     save_pairs,
+    write_json,
 )
+from .matching import FLIPS, Matching, flipped
 
 
 class MemorizationParams(EmbeddingParams):
-    percentile: float = Field(5.0, gt=0, lt=100, description="copy threshold: this percentile of held-out-to-training distances")
+    percentile: float = Field(5.0, gt=0, lt=100, description="copy threshold: this percentile of held-out-to-training distances (its false-positive rate)")
+    max_shift: int = Field(2, ge=0, description="pixel matching: shifts up to this many pixels (at match_resolution) in each direction")
+    crop: int = Field(2, ge=0, description="pixel matching: also match the synthetic image shrunk by this many pixels a side (a crop); 0: no crops")
+    match_resolution: int | None = Field(32, ge=8, description="pixel matching runs at this resolution; null: the images' own")
+    smoothing: float = Field(1.5, ge=0, description="pixel matching: Gaussian sigma (pixels at match_resolution) against noise; 0: none")
+    flips: bool = Field(True, description="match horizontal and vertical flips too, in pixel space and in the embedding")
+    fpr_splits: int = Field(20, ge=1, description="random halvings of the held-out set for the measured false-positive rate")
     pixel_similarity: Literal["ncc", "ssim"] = Field("ncc", description="pixel-space distance: 1 - normalized cross-correlation, or 1 - SSIM")
     embedding: str | None = Field("domain", description="'domain', 'pixels' or a torch-fidelity extractor; null: pixel space only")
     meehan_cells: int = Field(1, ge=1, description="1: Meehan's Z_U over all images; k > 1: their C_T over k k-means cells")
@@ -38,7 +46,7 @@ class MemorizationParams(EmbeddingParams):
 
 
 class Memorization(Metric):
-    """``copy_rate_<space>``, ``meehan_z_<space>``, ``authenticity_<space>`` (and its held-out baseline) per space.
+    """``copy_rate_<space>``, ``copy_threshold_fpr_<space>``, ``meehan_z_<space>``, ``authenticity_<space>`` (and its held-out baseline).
 
     The spaces are ``pixel`` and the embedding's tag (``domain`` by default).
     """
@@ -60,25 +68,72 @@ class Memorization(Metric):
             embedding = p.build_embedding(train, metric="fid")
             f_train, f_held, f_syn = (features(s, embedding) for s in (train, held_out, synthetic))
             audits.append(audit_space(
-                embedding.tag, embedding_distances(f_syn, f_train), embedding_distances(f_held, f_train),
-                embedding_distances(f_train, f_train, same=True), p.percentile, p.meehan_cells, (f_train, f_syn, f_held), p.seed))
+                embedding.tag, self._flip_distances(synthetic, f_train, embedding), self._flip_distances(held_out, f_train, embedding),
+                embedding_distances(f_train, f_train, same=True), p.percentile, p.meehan_cells, (f_train, f_syn, f_held), p.seed,
+                p.fpr_splits))
         return audits
+
+    def _flip_distances(self, images: ImageSet, f_train: torch.Tensor, embedding) -> torch.Tensor:
+        """Embedding distances to the training set, the smallest over the flips of each image (when ``flips``)."""
+        distance = None
+        for flip in FLIPS if self.params.flips else FLIPS[:1]:
+            f = features(ImageSet(flipped(images.images, flip), images.labels, images.name), embedding)
+            d = embedding_distances(f, f_train)
+            distance = d if distance is None else torch.minimum(distance, d)
+        return distance
+
+    @property
+    def matching(self) -> Matching:
+        p = self.params
+        return Matching(max_shift=p.max_shift, crop=p.crop, resolution=p.match_resolution, flips=p.flips, smoothing=p.smoothing)
 
     def _pixel_audit(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> SpaceAudit:
         p = self.params
         vectors = None
         if p.meehan_cells > 1:  # cells in the space NCC measures: standardized pixel vectors
             vectors = tuple(_standardized(s.images) for s in (train, synthetic, held_out))
+        matching = self.matching
+        synthetic_distance, which = pixel_distances(synthetic.images, train.images, p.pixel_similarity, matching=matching)
         return audit_space(
-            "pixel", pixel_distances(synthetic.images, train.images, p.pixel_similarity),
-            pixel_distances(held_out.images, train.images, p.pixel_similarity),
-            pixel_distances(train.images, train.images, p.pixel_similarity, same=True), p.percentile, p.meehan_cells, vectors, p.seed)
+            "pixel", synthetic_distance, pixel_distances(held_out.images, train.images, p.pixel_similarity, matching=matching)[0],
+            pixel_distances(train.images, train.images, p.pixel_similarity, same=True, matching=matching)[0], p.percentile,
+            p.meehan_cells, vectors, p.seed, p.fpr_splits, which, matching.transforms() if which is not None else None)
+
+    def audit_folder(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet, names: list[str], out_dir: Path) -> dict:
+        """The audit of images from any tool (``raresynth audit``): grids and ``audit.json`` in ``out_dir``; returns the summary.
+
+        ``names`` are the synthetic images' file names, in order. The summary holds, per
+        space: ``copy_rate``, ``threshold``, ``copy_threshold_fpr`` (measured, leave-out)
+        and ``copy_threshold_fpr_nominal``, ``meehan_z``, ``authenticity`` and its held-out
+        baseline, and ``flagged``: the files below the threshold with their nearest
+        training image (by index in the training split) and distance, nearest first.
+        """
+        if len(names) != len(synthetic):
+            raise ValueError("one name per synthetic image")
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        spaces = []
+        for audit in self.audits(train, held_out, synthetic):
+            grid = save_pairs(audit, synthetic.images, train.images, out_dir, self.params.grid_pairs)
+            flagged = [{"file": names[pair["synthetic"]], "train_index": pair["train"], "distance": pair["distance"],
+                        **({"transform": pair["transform"]} if "transform" in pair else {})}
+                       for pair in audit.closest_pairs(len(synthetic)) if pair["copy"]]
+            spaces.append({"space": audit.space, "copy_rate": audit.copy_rate, "threshold": audit.threshold,
+                           "copy_threshold_fpr": audit.measured_fpr, "copy_threshold_fpr_nominal": audit.nominal_fpr,
+                           "meehan_z": audit.meehan_z, "authenticity": audit.authenticity,
+                           "authenticity_held_out": audit.held_out_authenticity, "grid": grid.name, "flagged": flagged})
+        summary = {"synthetic": len(synthetic), "train": len(train), "held_out": len(held_out),
+                   "percentile": self.params.percentile, "spaces": spaces}
+        write_json(out_dir / "audit.json", summary)
+        return summary
 
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         values = []
         for audit in self.audits(train, held_out, synthetic):
             values += [
                 MetricValue(f"copy_rate_{audit.space}", audit.copy_rate, ideal="lower", question="privacy"),
+                # the threshold's false-positive rate, measured on held-out halves: a property of the audit, not a contest
+                MetricValue(f"copy_threshold_fpr_{audit.space}", audit.measured_fpr, ideal="none", question="privacy"),
                 # Meehan et al. 2020: Z far above 0 is underfitting, far below 0 data-copying; real
                 # held-out images score about 0 (the test's null), so the ideal is their value.
                 MetricValue(f"meehan_z_{audit.space}", audit.meehan_z, ideal="real", question="privacy"),

@@ -10,9 +10,16 @@ no generator and no classifier ever trained on:
 
 Every regime is trained once per seed (``seed``, ``seed + 1``, ...), with the same
 seeds in every regime (common random numbers: the regimes differ only in their
-data), for a fixed number of steps whatever the data size. Reported per regime:
-accuracy, balanced accuracy and AUC (one-vs-rest macro average for more than two
-classes), mean over seeds and their standard deviation (``..._std``).
+data), for a fixed number of steps whatever the data size, on all but a stratified
+validation share of its training set (``validation_fraction``). A classifier whose
+accuracy on that share does not beat chance (one-sided binomial test at
+``significance``) is replaced by one that predicts the class prior: a synthetic set
+whose labels carry no information (noise, a generator ignoring its class input)
+scores chance instead of whatever its chance regularities happen to rank
+(:mod:`.classifier` says why that matters). Reported per regime: balanced accuracy,
+AUC (one-vs-rest macro average for more than two classes) and accuracy, mean over
+seeds and their standard deviation (``..._std``), and ``..._learned``, the share of
+seeds whose classifier beat chance on its validation share.
 
 It needs class labels on the training, held-out and synthetic sets (class-conditional
 sampling, or one generator per class with its label). Without them it does not
@@ -45,11 +52,11 @@ from .classifier import (
     auc,
     balanced_accuracy,
     predict,
-    train_classifier,
+    train_checked,
 )
 
 Regime = Literal["trtr", "tstr", "tmtr"]
-SCORES = {"accuracy": accuracy, "balanced_accuracy": balanced_accuracy, "auc": auc}
+SCORES = {"balanced_accuracy": balanced_accuracy, "auc": auc, "accuracy": accuracy}  # balanced accuracy first: it is the headline
 
 
 class NotApplicableWarning(UserWarning):
@@ -66,11 +73,13 @@ class UtilityParams(PluginParams):
     width: int = Field(16, ge=2, description="channels of the classifier's first conv block")
     resolution: int | None = Field(32, ge=8, description="images are resized to this for the classifier; null: as they are")
     flips: bool = Field(True, description="augment training batches with random flips")
+    validation_fraction: float = Field(0.25, gt=0, lt=1, description="share of each regime's training set held out to check the classifier beats chance")
+    significance: float = Field(0.01, gt=0, lt=1, description="a classifier not above chance on its validation share at this level scores as the class prior")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', ...")
 
 
 class Utility(Metric):
-    """``utility_<regime>_<score>`` and ``..._std`` for accuracy, balanced accuracy and AUC."""
+    """``utility_<regime>_<score>`` and ``..._std`` for balanced accuracy, AUC and accuracy; ``utility_<regime>_learned``."""
 
     Params = UtilityParams
     requires = frozenset({"labels"})
@@ -81,7 +90,7 @@ class Utility(Metric):
         super().__init__(params, spec)
         # The real-only regime does not depend on the synthetic set: a benchmark that
         # measures many runs with one metric object trains its classifiers once.
-        self._real_only_scores: dict[str, dict[str, list[float]]] = {}
+        self._real_only_scores: dict[str, tuple[dict[str, list[float]], list[bool]]] = {}
 
     def not_applicable(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> str | None:
         """Why the metric does not apply to these sets, or ``None`` when it does."""
@@ -109,23 +118,26 @@ class Utility(Metric):
             "tmtr": (torch.cat([real_x, fake_x]), torch.cat([train.labels, synthetic.labels])),
         }
         device = resolve_device(p.device)
-        settings = TrainSettings(p.steps, p.batch_size, p.lr, p.width, p.flips, device)
+        settings = TrainSettings(p.steps, p.batch_size, p.lr, p.width, p.flips, device, p.validation_fraction, p.significance)
         values = []
         real_key = content_hash(real_x, train.labels) + content_hash(test_x, held_out.labels) + f"{num_classes}"
         for regime in p.regimes:
             x, y = data[regime]
             cached = self._real_only_scores.get(real_key) if regime == "trtr" else None
-            scores: dict[str, list[float]] = cached or {name: [] for name in SCORES}
+            scores, learned = cached or ({name: [] for name in SCORES}, [])
             for seed in range(p.seed, p.seed + p.seeds) if cached is None else ():
-                model = train_classifier(x, y, num_classes, settings, seed)
-                probs = predict(model, test_x, device)
+                checked = train_checked(x, y, num_classes, settings, seed)
+                learned.append(checked.learned)
+                probs = predict(checked.model, test_x, device)
                 for name, score in SCORES.items():
                     scores[name].append(score(probs, held_out.labels))
             if regime == "trtr":
-                self._real_only_scores[real_key] = scores
+                self._real_only_scores[real_key] = (scores, learned)
             for name, runs in scores.items():
                 # trtr is the real-only baseline, the same for every generator: context, not a contest
                 ideal = "none" if regime == "trtr" else "higher"
                 values.append(MetricValue(f"utility_{regime}_{name}", float(np.mean(runs)), ideal=ideal, question="utility"))
                 values.append(MetricValue(f"utility_{regime}_{name}_std", float(np.std(runs)), ideal="none", question="utility"))
+            values.append(MetricValue(f"utility_{regime}_learned", float(np.mean(learned)), ideal="none" if regime == "trtr" else "higher",
+                                      question="utility"))
         return values
