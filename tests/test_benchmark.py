@@ -184,7 +184,12 @@ def test_benchmark_trains_every_variant_and_seed_and_measures_them_alike(tmp_pat
     assert runs[("lr_sweep--lr-0.01", 0)]["values"]["mean_gap"] != runs[("lr_sweep--lr-0.2", 0)]["values"]["mean_gap"]
 
     saved = json.loads((out / "results.json").read_text())
-    assert saved["values"]["mean_gap"] == {"metric": "mean_gap", "higher_is_better": False, "dataset_specific": False}
+    assert saved["values"]["mean_gap"] == {"metric": "mean_gap", "higher_is_better": False, "dataset_specific": False, "ideal": "lower",
+                                           "question": "fidelity", "must_beat": ["noise"], "informative": False,
+                                           "uninformative_because": saved["values"]["mean_gap"]["uninformative_because"]}
+    # noise at the training pixels' mean has the training mean: a mean gap cannot tell it from real images
+    assert saved["values"]["mean_gap"]["uninformative_because"].startswith("noise scores")
+    assert saved["references"]["noise"]["mean_gap"]["value"] < saved["references"]["real"]["mean_gap"]["value"]
     assert saved["data"]["num_train"] == 16 and saved["data"]["split_id"] == results["data"]["split_id"]
     report = (out / "report.md").read_text()
     assert "lr_sweep (lr=0.2)" in report and "mean_gap ↓" in report

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..errors import RaresynthError
 from ..interfaces import ImageSet, Metric, MetricValue
 
 
@@ -54,20 +55,28 @@ def half_samples(n: int, count: int, seed: int) -> list[torch.Tensor]:
 
 def half_sample_values(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_out: ImageSet, synthetic: ImageSet,
                        count: int, seed: int = 0) -> dict[str, list[float]]:
-    """``{value name: [value on each half-sample]}`` for the metrics that allow repeating (``Metric.bootstrap``)."""
-    replicates: dict[str, list[float]] = {}
+    """``{value name: [value on each half-sample]}`` for the metrics that allow repeating (``Metric.bootstrap``).
+
+    A metric that cannot be computed on half the set (too few images for its
+    neighbourhoods, say) gets no half-sample values rather than failing the measurement.
+    """
     if count < 2 or len(synthetic) < 4:
-        return replicates
+        return {}
     repeatable = [(name, metric) for name, metric in metrics if metric.bootstrap]
+    per_metric: dict[str, dict[str, list[float]]] = {name: {} for name, _ in repeatable}
     folders = [metric.output_dir for _, metric in repeatable]
     try:
         for _, metric in repeatable:  # artifacts (closest-pair grids) belong to the full set only
             metric.output_dir = None
-        for index in half_samples(len(synthetic), count, seed):
-            half = subset(synthetic, index, f"{synthetic.name} (half)")
-            for name, entry_ in metric_values(repeatable, train, held_out, half).items():
-                replicates.setdefault(name, []).append(float(entry_["value"]))
+        halves = [subset(synthetic, index, f"{synthetic.name} (half)") for index in half_samples(len(synthetic), count, seed)]
+        for name, metric in repeatable:
+            try:
+                for half in halves:
+                    for value_name, entry_ in metric_values([(name, metric)], train, held_out, half).items():
+                        per_metric[name].setdefault(value_name, []).append(float(entry_["value"]))
+            except RaresynthError:  # e.g. PRDC's k neighbours need more images than half the set holds
+                per_metric[name] = {}
     finally:
         for (_, metric), folder in zip(repeatable, folders):
             metric.output_dir = folder
-    return replicates
+    return {value_name: numbers for values in per_metric.values() for value_name, numbers in values.items()}

@@ -157,7 +157,7 @@ def measure_references(metrics: Sequence[tuple[str, Metric]], metric_refs: Seque
         except (OSError, ValueError):
             pass  # a damaged cache file is measured again, never trusted
     if log:
-        log(f"measuring the reference rows (real held-out, copies, noise) on {len(held_out)} held-out and {n} trivial images")
+        log(f"reference rows: real held-out ({len(held_out)} images), copies and noise ({n} each)")
     folders = [metric.output_dir for _, metric in metrics]
     try:
         for _, metric in metrics:  # the references' artifacts would overwrite a run's own
