@@ -22,7 +22,6 @@ written: files are opened for reading only.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import write_text_atomic
 from ..interfaces import DataFormat, DataSpec, ImageSet, RawImage, Record
 from ..registry import Registry
 from .formats import resolve_format
@@ -137,9 +137,7 @@ def save_split(dataset: Dataset, path: str | Path) -> None:
     """Write the split as JSON: record ids only (paths relative to data.source), no header values."""
     path = Path(path)
     content = {"format": dataset.format, TRAIN: dataset.split[TRAIN], HELD_OUT: dataset.split[HELD_OUT]}
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=1) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:
