@@ -177,10 +177,11 @@ def test_config_yaml_survives_a_kill_in_the_middle_of_its_write(toy_config, regi
     assert len(saved) > 400
     script = (
         "import resource, sys\n"
+        "from pathlib import Path\n"
         "from raresynth.config import load_config, save_config\n"
         "config = load_config(sys.argv[1], ['budget.kimg=0.128'])\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))\n"
-        "save_config(config, sys.argv[1])\n"
+        "save_config(config, Path(sys.argv[1]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(HERE), "RARESYNTH_PLUGIN_MODULES": "toy_plugin"}
     result = subprocess.run([sys.executable, "-c", script, str(run_dir / "config.yaml")], capture_output=True, text=True, env=env, timeout=300)
@@ -364,11 +365,9 @@ def test_pruning_never_deletes_a_checkpoint_raresynth_did_not_write(toy_config, 
 
 def test_checkpoints_carry_a_checksum_that_catches_a_flipped_bit(tmp_path):
     path = tmp_path / "checkpoint-000000005.safetensors"
-    ckpt.save_state({"w": torch.arange(1000.0), "h": torch.ones(4, dtype=torch.bfloat16), "flag": torch.tensor([True])}, path)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        assert len(handle.metadata()[ckpt.CHECKSUM_KEY]) == 64
+    state = {"w": torch.arange(1000.0), "h": torch.ones(4, dtype=torch.bfloat16), "flag": torch.tensor([True])}
+    ckpt.save_state(state, path)
+    assert all(torch.equal(ckpt.load_state(path)[key], state[key]) for key in state)
     flip_a_tensor_byte(path)
     with pytest.raises(RunDirError, match="checkpoint is corrupt \\(its tensors do not match their sha256\\)"):
         ckpt.load_state(path)
