@@ -3,7 +3,7 @@
 ::
 
     raresynth plugins                       installed plugins, what each registers, broken ones
-    raresynth train CONFIG [a.b=value ...]  train (--resume, --overwrite, --dry-run)
+    raresynth train CONFIG [a.b=value ...]  train (--resume, --resume-from CKPT, --overwrite, --dry-run)
     raresynth sample RUN --n 16 --out DIR   PNG files plus manifest.json
     raresynth data inspect PATH             what a reader sees in a file or folder
     raresynth bench CONFIG [a.b=value ...]  train and compare variants on one dataset, write report.md

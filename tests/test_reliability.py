@@ -235,6 +235,43 @@ def test_a_full_disk_reported_by_safetensors_itself_is_one_line(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_sample_output_is_written_atomically(toy_config, registry, tmp_path, monkeypatch, capsys):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(toy_config()))
+    assert main(["train", str(config_path), "budget.kimg=0.064", "--no-progress"]) == 0
+    out = tmp_path / "out"
+    assert main(["sample", str(tmp_path / "run"), "--n", "2", "--out", str(out)]) == 0
+    before = tree(out)
+    real_replace = os.replace
+
+    def fails_for_the_manifest(source, target):
+        if Path(target).name == "manifest.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", fails_for_the_manifest)
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "run"), "--n", "2", "--seed", "0", "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest.json: could not write it (No space left on device); the previous version is unchanged" in err[0]
+    assert tree(out) == before  # the same seeds gave the same PNGs; the old manifest is whole; no temporary file
+
+
+def test_an_os_error_anywhere_in_a_command_is_one_line(toy_config, registry, tmp_path, monkeypatch, capsys):
+    from raresynth.training import loop
+
+    def disk_full(self, line):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "log.jsonl"))
+
+    monkeypatch.setattr(loop.RunLogger, "log", disk_full)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(toy_config()))
+    assert main(["train", str(config_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'run' / 'log.jsonl'}: No space left on device (errno 28); check the disk and the folder, then run again"]
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
 # -- one writer per run directory ------------------------------------------------
 
 
