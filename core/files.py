@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from .errors import FileWriteError, LockError
 
@@ -163,17 +163,17 @@ class DirectoryLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> DirectoryLock:
+    def __enter__(self) -> Self:
         return self.acquire()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "since": _utc_now(), "what": self.what,
                 "command": " ".join(sys.argv[:3])}
 
-    def acquire(self) -> DirectoryLock:
+    def acquire(self) -> Self:
         if self._fd is not None:
             return self
         if self.folder.exists() and not self.folder.is_dir():
