@@ -117,6 +117,18 @@ def test_overwrite_refuses_a_symlinked_checkpoints_folder(finished_run, toy_conf
     assert (finished_run / "checkpoints").is_symlink()
 
 
+def test_a_run_from_before_manifests_is_adopted_on_resume(finished_run, toy_config, registry):
+    (finished_run / "manifest.json").unlink()
+    run = run_toy(toy_config, registry, "budget.kimg=0.192", resume=True)
+    assert run.progress.nimg == 192
+    manifest = json.loads((finished_run / "manifest.json").read_text())
+    assert {"config.yaml", "log.jsonl", "checkpoints/checkpoint-000000192.safetensors", "samples/grid-000000064.png"} <= set(manifest["files"])
+    assert "NOTES.txt" not in manifest["files"]
+    # the adopted checkpoint 64 was pruned like the run's own
+    assert [p.name for p in ckpt.list_checkpoints(finished_run / "checkpoints")] == [
+        "checkpoint-000000128.safetensors", "checkpoint-000000192.safetensors"]
+
+
 def test_run_dir_that_is_a_file_is_a_one_line_error(toy_config, registry, tmp_path):
     (tmp_path / "run").write_text("a file")
     with pytest.raises(RunDirError, match="run_dir is a file, not a folder; choose another run_dir"):
