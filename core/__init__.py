@@ -9,7 +9,7 @@ this package; those are free to move between releases. ::
 The names fall into four groups: the plugin contract (hook marker, base classes and
 the plain-data types the hooks pass), errors, building blocks for metrics (feature
 spaces, similarity, image-set checks) and helpers for backends (checkpoints, grids,
-rebuilding a run's generator).
+rebuilding a run's generator, atomic file writes).
 """
 
 from .version import __version__  # noqa: I001 - first: every other module may read it
@@ -42,6 +42,7 @@ from .evaluation.similarity import kth_neighbour_distances, ms_ssim, normalized_
 
 # -- helpers for backends -------------------------------------------------------
 from .data.images import save_grid
+from .files import atomic_path, write_bytes_atomic, write_text_atomic
 from .training.checkpoint import list_checkpoints, load_state
 from .training.sampling import load_run_generator
 
@@ -72,6 +73,7 @@ __all__ = [
     "RunInfo",
     "TrainingError",
     "__version__",
+    "atomic_path",
     "check_compatible",
     "check_embedding",
     "content_hash",
@@ -91,4 +93,6 @@ __all__ = [
     "resolve_device",
     "save_grid",
     "ssim",
+    "write_bytes_atomic",
+    "write_text_atomic",
 ]

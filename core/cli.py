@@ -3,7 +3,7 @@
 ::
 
     raresynth plugins                       installed plugins, what each registers, broken ones
-    raresynth train CONFIG [a.b=value ...]  train (--resume, --overwrite, --dry-run)
+    raresynth train CONFIG [a.b=value ...]  train (--resume, --resume-from CKPT, --overwrite, --dry-run)
     raresynth sample RUN --n 16 --out DIR   PNG files plus manifest.json
     raresynth data inspect PATH             what a reader sees in a file or folder
     raresynth bench CONFIG [a.b=value ...]  train and compare variants on one dataset, write report.md
@@ -46,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a generator from a run config")
     train.add_argument("config", type=Path, help="run config (YAML)")
     train.add_argument("overrides", nargs="*", metavar="a.b=value", help="dotted overrides, e.g. generator.name=dcgan budget.kimg=5")
-    train.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
-    train.add_argument("--overwrite", action="store_true", help="start afresh in an existing run_dir (deletes its previous outputs)")
+    train.add_argument("--resume", action="store_true", help="continue the run in run_dir from its newest good checkpoint")
+    train.add_argument("--resume-from", type=Path, metavar="CHECKPOINT",
+                       help="continue from this checkpoint of the run (newer ones are moved into run_dir/trash/)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an existing run_dir: once the config and data check out, the old run's files "
+                            "are moved into run_dir/trash/<time>/ (nothing is deleted)")
     train.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (log.jsonl is written anyway)")
 
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's, not the user's input: a full disk, a vanished folder, no permission
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc} (errno {exc.errno}); check the disk and the folder, then run again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -158,7 +166,8 @@ def cmd_train(args: argparse.Namespace, registry: Registry) -> int:
     if args.dry_run:
         print(dry_run_text(config), end="")
         return 0
-    run = train(config, resume=args.resume, overwrite=args.overwrite, registry=registry, progress_bar=not args.no_progress)
+    run = train(config, resume=args.resume, overwrite=args.overwrite, resume_from=args.resume_from, registry=registry,
+                progress_bar=not args.no_progress)
     if run.num_processes == 1 or int(os.environ.get("RANK", "0")) == 0:
         print(f"run finished at {run.progress.kimg:.2f} kimg: {run.run_dir}")
     return 0

@@ -35,6 +35,14 @@ class RunDirError(RaresynthError):
     """The run directory is missing, incomplete, or would be overwritten."""
 
 
+class LockError(RunDirError):
+    """Another process writes this folder (a run directory, a benchmark's out_dir). The message names it."""
+
+
+class FileWriteError(RaresynthError):
+    """A file could not be written (a full disk, no permission); the previous version is left as it was."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

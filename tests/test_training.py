@@ -113,11 +113,12 @@ def test_run_dir_is_protected(toy_config, registry, tmp_path):
     run = run_toy(toy_config, registry, "budget.kimg=0.016", overwrite=True)
     assert run.progress.nimg == 16
     (tmp_path / "run" / "my_notes.txt").write_text("mine")
-    with pytest.raises(RunDirError, match=r"--overwrite would delete files raresynth did not write \(my_notes.txt\)"):
-        run_toy(toy_config, registry, "budget.kimg=0.016", overwrite=True)
+    run_toy(toy_config, registry, "budget.kimg=0.016", overwrite=True)  # the notes stay where they are
     assert (tmp_path / "run" / "my_notes.txt").read_text() == "mine"
-    with pytest.raises(RunDirError, match="no checkpoint to resume from"):
+    assert len(list((tmp_path / "run" / "trash").iterdir())) == 2  # each overwrite moved the previous run aside
+    with pytest.raises(RunDirError, match="no run to resume here; start the run without --resume"):
         run_toy(toy_config, registry, run_dir=str(tmp_path / "fresh"), resume=True)
+    assert not (tmp_path / "fresh").exists()  # refused: nothing left behind
 
 
 def test_non_finite_loss_stops_with_last_good_checkpoint_intact(toy_config, registry, tmp_path, capsys):

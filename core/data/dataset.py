@@ -23,7 +23,6 @@ written: files are opened for reading only.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import write_text_atomic
 from ..interfaces import DataFormat, DataSpec, ImageSet, RawImage, Record
 from ..registry import Registry
 from .formats import resolve_format
@@ -157,12 +157,7 @@ def save_split(dataset: Dataset, path: str | Path) -> None:
             "keys": keys,
         }
     content[TRAIN], content[HELD_OUT] = dataset.split[TRAIN], dataset.split[HELD_OUT]
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w") as file:
-        file.write(json.dumps(content, indent=1) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(content, indent=1) + "\n")
 
 
 def load_split(path: str | Path) -> dict[str, Any]:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..files import atomic_path
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """``(N, C, H, W)`` in [-1, 1] -> ``(N, H, W, C)`` uint8 (values outside are clipped)."""
@@ -26,5 +28,5 @@ def save_grid(images: torch.Tensor, path: Path, columns: int | None = None) -> N
     for i in range(n):
         row, col = divmod(i, columns)
         grid[row * h : (row + 1) * h, col * w : (col + 1) * w] = array[i]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    with atomic_path(path) as temporary:  # a kill mid-write leaves no torn PNG
+        Image.fromarray(grid[..., 0] if c == 1 else grid).save(temporary, format="PNG")

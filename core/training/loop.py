@@ -7,6 +7,8 @@ losses and optimizers (:class:`raresynth.Generator`).
 
 A run directory holds::
 
+    manifest.json      every path below that raresynth wrote (what --overwrite may move aside)
+    raresynth.lock     while a trainer writes the run: its PID, host and start time
     config.yaml        the resolved config (plugin defaults filled in)
     data.json          the data spec and the files skipped as unreadable
     split.json         the train / held-out split (record ids only)
@@ -15,6 +17,9 @@ A run directory holds::
     samples/           grid-<nimg>.png, the same seeds every time
     metrics.json       end-of-run metrics, when the config lists any
     tensorboard/       when tensorboard is installed
+    trash/<UTC time>/  what --overwrite (or resuming from an older checkpoint) moved aside
+
+Every file is written atomically (:mod:`raresynth.files`); ``log.jsonl`` is appended to.
 
 Exact resume: the data order at step ``s`` depends only on (seed, images shown), and
 torch's global RNG is reseeded from (seed, rank, step) before every step. Restoring
@@ -44,9 +49,10 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, load_config, resolve_plugins, save_config
 from ..data.dataset import Dataset, check_split, load_dataset, load_split, save_split
 from ..data.images import save_grid
-from ..errors import ConfigError, RunDirError, TrainingError
+from ..errors import ConfigError, FileWriteError, RunDirError, TrainingError
 from ..evaluation.evaluate import evaluate
 from ..evaluation.imagesets import sample_image_set
+from ..files import DirectoryLock, write_text_atomic
 from ..interfaces import (
     Batch,
     DataSpec,
@@ -59,7 +65,17 @@ from ..interfaces import (
 )
 from ..registry import Registry, get_registry
 from . import checkpoint as ckpt
-from .rundir import check_resumable, prepare_run_dir, write_data_json
+from .rundir import (
+    OWNED_FOLDERS,
+    RunManifest,
+    adopt_legacy_run,
+    check_resumable,
+    check_run_dir,
+    choose_checkpoint,
+    overwrite_run_dir,
+    trim_log,
+    write_data_json,
+)
 
 GRID_SEEDS_OFFSET = 0  # sample grids always use seeds 0..grid_size-1, comparable across snapshots
 METRIC_SEEDS_OFFSET = 1_000_000  # synthetic sets for metrics: seeds apart from the grids' seeds
@@ -161,13 +177,19 @@ def training_state(generator: Generator, progress: Progress) -> dict[str, Any]:
     }
 
 
-def restore_training_state(generator: Generator, state: Mapping[str, Any], progress: Progress) -> None:
-    generator.load_state_dict(state["generator"])
+def restore_training_state(generator: Generator, state: Mapping[str, Any], progress: Progress, path: Path | str = "checkpoint") -> None:
+    """Load a checkpoint's state (:func:`checkpoint.load_training_state`) into the backend, its regularizers and ``progress``."""
     saved_regs = state.get("regularizers", [])
     if len(saved_regs) != len(generator.regularizers):
-        raise RunDirError(f"checkpoint has {len(saved_regs)} regularizer state(s), the config has {len(generator.regularizers)}")
-    for reg, reg_state in zip(generator.regularizers, saved_regs):
-        reg.load_state_dict(reg_state)
+        raise RunDirError(f"{path}: checkpoint has {len(saved_regs)} regularizer state(s), the config has {len(generator.regularizers)}")
+    try:
+        generator.load_state_dict(state["generator"])
+        for reg, reg_state in zip(generator.regularizers, saved_regs):
+            reg.load_state_dict(reg_state)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:  # a hand-made or foreign state
+        reason = " ".join(str(exc).split())[:300]
+        raise RunDirError(f"{path}: the checkpoint does not fit this run's backend ({type(exc).__name__}: {reason}); "
+                          "use a checkpoint this run wrote") from None
     progress.nimg = int(state["progress"]["nimg"])
     progress.step = int(state["progress"]["step"])
 # ---------------------------------------------------------------------------
@@ -180,25 +202,52 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    resume_from: Path | str | None = None,
     registry: Registry | None = None,
     progress_bar: bool = True,
 ) -> RunInfo:
-    """Train ``config``'s backend until ``config.budget.kimg`` thousand images are shown."""
+    """Train ``config``'s backend until ``config.budget.kimg`` thousand images are shown.
+
+    ``resume``: continue from the newest checkpoint that passes its checksum
+    (``resume_from``: from that checkpoint of the run). ``overwrite``: start afresh; once
+    the config, the data and the backend are known to work, the old run's files are
+    moved into ``run_dir/trash/<UTC time>/``. The main process holds the run directory's
+    lock (:class:`raresynth.files.DirectoryLock`) from start to end.
+    """
     registry = registry or get_registry()
     config = resolve_plugins(config, registry)
     accelerator = make_accelerator(mixed_precision=config.precision)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if config.batch_size % world:
+    if config.batch_size % accelerator.num_processes:
+        world = accelerator.num_processes
         raise TrainingError(f"batch_size {config.batch_size} is not divisible by the {world} processes; use a multiple of {world}")
     run_dir = Path(config.run_dir)
+    lock = None
     if accelerator.is_main_process:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"{run_dir}: run_dir is a file, not a folder; choose another run_dir")
+        lock = DirectoryLock(run_dir, what="trainer").acquire()  # one writer per run directory
+    try:
+        return _train(config, accelerator, registry, run_dir, resume=resume or resume_from is not None, overwrite=overwrite,
+                      resume_from=Path(resume_from) if resume_from is not None else None, progress_bar=progress_bar)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: RunConfig, accelerator: Accelerator, registry: Registry, run_dir: Path, *, resume: bool, overwrite: bool,
+           resume_from: Path | None, progress_bar: bool) -> RunInfo:
+    """:func:`train` under the run directory's lock."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if main:
+        resume_from = check_run_dir(run_dir, resume=resume, overwrite=overwrite, resume_from=resume_from)
     accelerator.wait_for_everyone()
     if resume:
         changes = check_resumable(load_config(run_dir / "config.yaml", registry=registry), config, run_dir)
-        if changes and accelerator.is_main_process:
+        if changes and main:
             print(f"raresynth: resuming {run_dir} with changed options: " + "; ".join(changes), file=sys.stderr)
 
+    # Everything that can fail on the config, the data or the backend fails here, before the run directory changes.
     dataset = load_dataset(config.data, registry)
     grouping = dataset.grouping
     if grouping is not None and grouping.fallback and accelerator.is_main_process:
@@ -214,21 +263,35 @@ def train(
 
     progress = Progress(total_kimg=config.budget.kimg)
     run = RunInfo(run_dir=run_dir, config=config, spec=spec, progress=progress, num_processes=world, generator=generator)
-    if resume:
-        latest = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
-        restore_training_state(generator, ckpt.load_state(latest), progress)
-        run.checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
-    elif accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_data_json(dataset, run_dir / "data.json")
-        save_split(dataset, run_dir / "split.json")
-    if accelerator.is_main_process:
+    manifest: RunManifest | None = None  # what this run wrote; the main process writes, the others only read
+    state: dict[str, Any] | None = None
+    checkpoint = None
+    if main:
+        if resume:
+            manifest = RunManifest.load(run_dir) or adopt_legacy_run(run_dir)
+            checkpoint, state = choose_checkpoint(run_dir, manifest, resume_from)
+            trim_log(run_dir / "log.jsonl", state["progress"]["nimg"])  # its ticks past the checkpoint are logged again
+        else:
+            trash = overwrite_run_dir(run_dir) if overwrite else None
+            if trash is not None:
+                print(f"raresynth: --overwrite moved the previous run's files into {trash}", file=sys.stderr)
+            manifest = RunManifest(run_dir, folders=OWNED_FOLDERS)
+            manifest.add("data.json", "split.json", "log.jsonl")
+            write_data_json(dataset, run_dir / "data.json")
+            save_split(dataset, run_dir / "split.json")
+        manifest.add("config.yaml")
         save_config(config, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
+    if resume:
+        if state is None:  # the main process chose (and moved newer checkpoints aside): the newest is the one
+            checkpoint = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
+            state = ckpt.load_training_state(checkpoint)
+        restore_training_state(generator, state, progress, checkpoint)
+        run.checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
+        state = None  # the weights now live in the backend
 
     sampler = BatchSampler(dataset.train, config.batch_size, config.seed, rank, world, accelerator.device)
-    logger = RunLogger(run_dir, enabled=accelerator.is_main_process)
-    main = accelerator.is_main_process
+    logger = RunLogger(run_dir, enabled=main)
     if main:
         registry.hook.raresynth_run_start(run=run, config=config.plain())
 
@@ -267,11 +330,12 @@ def train(
                     registry.hook.raresynth_tick(run=run, stats=line)
                 tick_sums, tick_steps, tick_start_nimg, tick_start_time = {}, 0, progress.nimg, time.perf_counter()
             if done or progress.nimg // snapshot_nimg > before // snapshot_nimg:
-                snapshot(accelerator, generator, run, registry)
+                snapshot(accelerator, generator, run, registry, manifest)
                 last_checkpoint_nimg = progress.nimg
         if last_checkpoint_nimg != progress.nimg:  # budget already reached (resumed a finished run)
-            snapshot(accelerator, generator, run, registry)
+            snapshot(accelerator, generator, run, registry, manifest)
         if metrics and main:
+            manifest.add("metrics.json")
             run_metrics(config, dataset, generator, metrics, run_dir)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -315,15 +379,16 @@ def check_finite_stats(line: Mapping[str, float], run: RunInfo) -> None:
 
 
 def non_finite_message(run: RunInfo, what: str) -> str:
+    return stop_message(run, what, "Try a lower learning rate, precision: no, or a stronger regularizer, then resume or restart")
+
+
+def stop_message(run: RunInfo, what: str, advice: str) -> str:
     last = ckpt.list_checkpoints(run.run_dir / "checkpoints")
     kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-    return (
-        f"training stopped at {run.progress.kimg:.3f} kimg (step {run.progress.step}): {what}; {kept}. "
-        "Try a lower learning rate, precision: no, or a stronger regularizer, then resume or restart"
-    )
+    return f"training stopped at {run.progress.kimg:.3f} kimg (step {run.progress.step}): {what}; {kept}. {advice}"
 
 
-def snapshot(accelerator: Accelerator, generator: Generator, run: RunInfo, registry: Registry) -> None:
+def snapshot(accelerator: Accelerator, generator: Generator, run: RunInfo, registry: Registry, manifest: RunManifest | None) -> None:
     """Check the weights, write a checkpoint and a sample grid (main process), keep the last K."""
     for role, module in generator.modules().items():
         for name, param in module.named_parameters():
@@ -332,13 +397,19 @@ def snapshot(accelerator: Accelerator, generator: Generator, run: RunInfo, regis
     if accelerator.is_main_process:
         checkpoint_dir = run.run_dir / "checkpoints"
         path = ckpt.checkpoint_path(checkpoint_dir, run.progress.nimg)
-        ckpt.save_state(training_state(generator, run.progress), path)
-        ckpt.prune_checkpoints(checkpoint_dir, run.config.schedule.keep_checkpoints)
+        manifest.add(path)
+        try:
+            ckpt.save_state(training_state(generator, run.progress), path)
+        except FileWriteError as exc:  # a full disk: the previous checkpoints are intact
+            raise TrainingError(stop_message(run, str(exc), "Then continue with --resume")) from None
+        manifest.remove(*ckpt.prune_checkpoints(checkpoint_dir, run.config.schedule.keep_checkpoints, owned=manifest.owns))
         run.checkpoints = ckpt.list_checkpoints(checkpoint_dir)
         registry.hook.raresynth_checkpoint_written(run=run, path=path)
         seeds = list(range(GRID_SEEDS_OFFSET, GRID_SEEDS_OFFSET + run.config.schedule.grid_size))
         images = generator.sample(seeds, cycled_labels(run.spec, len(seeds)))
-        save_grid(images, run.run_dir / "samples" / f"grid-{run.progress.nimg:09d}.png")
+        grid = run.run_dir / "samples" / f"grid-{run.progress.nimg:09d}.png"
+        manifest.add(grid)
+        save_grid(images, grid)
     accelerator.wait_for_everyone()
 
 
@@ -384,10 +455,7 @@ def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, metri
     synthetic = synthetic_like_train(generator, dataset, config.schedule.metric_samples)
     results = evaluate(metrics, [ref.plain() for ref in config.metrics], dataset.train, dataset.held_out, synthetic,
                        resamples=config.evaluation.resamples, references=config.evaluation.references, seed=config.seed)
-    path = run_dir / "metrics.json"
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(results, indent=1))
-    os.replace(partial, path)
+    write_text_atomic(run_dir / "metrics.json", json.dumps(results, indent=1))
     return results
 
 

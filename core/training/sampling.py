@@ -12,10 +12,12 @@ import torch
 from ..config import RunConfig, apply_overrides, load_config, validate_params
 from ..data.images import to_uint8
 from ..errors import RunDirError
-from ..interfaces import Generator
+from ..files import atomic_path, write_text_atomic
+from ..interfaces import Generator, Progress
 from ..registry import Registry, get_registry
 from . import checkpoint as ckpt
-from .loop import build_generator, cycled_labels, make_accelerator
+from .loop import build_generator, cycled_labels, make_accelerator, restore_training_state
+from .rundir import MANIFEST as RUN_MANIFEST
 from .rundir import read_data_spec
 
 # ---------------------------------------------------------------------------
@@ -39,8 +41,8 @@ def load_run_generator(run_dir: Path, checkpoint: Path | None = None, registry: 
         checkpoint = found[-1]
     generator = build_generator(config, spec, registry)
     generator.setup(make_accelerator(mixed_precision="no"))
-    state = ckpt.load_state(checkpoint)
-    generator.load_state_dict(state["generator"])
+    state = ckpt.load_training_state(checkpoint)
+    restore_training_state(generator, state, Progress(total_kimg=config.budget.kimg), checkpoint)
     return generator, config, Path(checkpoint), state["progress"]
 
 
@@ -72,11 +74,18 @@ def sample_to_folder(
     else:
         labels = cycled_labels(spec, n)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: --out is a file, not a folder; choose another --out")
+    if (out / "config.yaml").is_file() and (out / RUN_MANIFEST).is_file() and (out / "data.json").is_file():
+        raise RunDirError(f"{out}: --out is a run directory (its {RUN_MANIFEST} is the run's own); choose another --out, e.g. {out / 'exported'}")
     names = [f"seed{seed + i:06d}.png" for i in range(n)]
     clashes = [name for name in names + ["manifest.json"] if (out / name).exists()]
     if clashes and not overwrite:
         raise RunDirError(f"{out}: {clashes[0]} already exists; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"{out}: cannot create the --out folder ({exc.strerror or exc})") from None
     from PIL import Image
 
     entries = []
@@ -86,7 +95,8 @@ def sample_to_folder(
         images = to_uint8(generator.sample(seeds, batch_labels, sample_params))
         for offset, array in enumerate(images):
             i = start + offset
-            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(out / names[i])
+            with atomic_path(out / names[i]) as temporary:
+                Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(temporary, format="PNG")
             entry: dict[str, Any] = {"file": names[i], "seed": seed + i}
             if labels is not None:
                 entry["label"] = int(labels[i])
@@ -101,5 +111,5 @@ def sample_to_folder(
         "images": entries,
     }
     path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=1))
+    write_text_atomic(path, json.dumps(manifest, indent=1))
     return path
