@@ -330,3 +330,87 @@ def test_a_metric_with_many_values_is_transposed_without_its_own_spreads_and_bas
     assert "(`..._std`) are in results.csv" in text
     with open(tmp_path / "results.csv", newline="", encoding="utf-8") as file:
         assert any(row["value"] == "utility_tstr_accuracy_std" for row in csv.DictReader(file))
+
+
+# -- reference rows, ideals, the noise gate ------------------------------------------
+
+
+def verdict_results() -> dict:
+    """Two variants on a dataset with reference rows: a learning GAN and a noise-like model that wins some values."""
+    values = {
+        "swd": {"metric": "swd", "ideal": "lower", "question": "fidelity", "must_beat": ["noise"], "dataset_specific": False},
+        "precision": {"metric": "prdc", "ideal": "higher", "question": "fidelity", "must_beat": ["noise"], "dataset_specific": False},
+        "recall": {"metric": "prdc", "ideal": "higher", "question": "diversity", "must_beat": ["noise"], "dataset_specific": False},
+        "ms_ssim_synthetic": {"metric": "ms_ssim", "ideal": "real", "question": "diversity", "must_beat": ["noise"], "dataset_specific": False},
+        "mean_gap": {"metric": "mean_gap", "ideal": "lower", "question": "fidelity", "must_beat": ["noise"], "dataset_specific": False,
+                     "informative": False, "uninformative_because": "noise scores 0.001, real (held-out) 0.06"},
+        "copy_rate": {"metric": "memorization", "ideal": "lower", "question": "privacy", "must_beat": ["copies"], "dataset_specific": False},
+    }
+    for name in ("swd", "precision", "recall", "ms_ssim_synthetic", "copy_rate"):
+        values[name]["informative"] = True
+    gan = {"swd": 120.0, "precision": 0.7, "recall": 0.5, "ms_ssim_synthetic": 0.35, "mean_gap": 0.02, "copy_rate": 0.06}
+    noisy = {"swd": 110.0, "precision": 0.2, "recall": 0.95, "ms_ssim_synthetic": 0.05, "mean_gap": 0.01, "copy_rate": 0.0}
+    replicates = {name: [v * 0.98, v * 1.02, v * 0.99, v * 1.01] for name, v in gan.items()}
+    results = make_results()
+    results["values"] = values
+    results["variants"] = [
+        variant("gan", "gan", [dict(run("gan", 0, values=gan), replicates=replicates)]),
+        variant("noisy", "noisy", [dict(run("noisy", 0, values=noisy), replicates={n: [v * 0.98, v * 1.02, v, v] for n, v in noisy.items()})]),
+    ]
+    results["references"] = {
+        "real": {"swd": {"value": 60.0}, "precision": {"value": 0.95}, "recall": {"value": 0.9}, "ms_ssim_synthetic": {"value": 0.40, "replicates": [0.39, 0.41, 0.40, 0.42]},
+                 "mean_gap": {"value": 0.06}, "copy_rate": {"value": 0.05}},
+        "copies": {"swd": {"value": 30.0}, "precision": {"value": 1.0}, "recall": {"value": 1.0}, "ms_ssim_synthetic": {"value": 0.39},
+                   "mean_gap": {"value": 0.0}, "copy_rate": {"value": 1.0}},
+        "noise": {"swd": {"value": 320.0}, "precision": {"value": 0.1}, "recall": {"value": 0.4}, "ms_ssim_synthetic": {"value": 0.05},
+                  "mean_gap": {"value": 0.001}, "copy_rate": {"value": 0.0}},
+    }
+    return results
+
+
+def test_a_noise_like_model_is_never_crowned_and_reference_rows_are_shown(tmp_path):
+    from raresynth.bench.report import fidelity_position
+
+    results = verdict_results()
+    rows = summarize(results)
+    # fidelity position: median of (score - noise) / (real - noise) over informative fidelity values (mean_gap is not)
+    gan_position = statistics.median([(320 - 120) / (320 - 60), (0.7 - 0.1) / (0.95 - 0.1)])
+    noisy_position = statistics.median([(320 - 110) / (320 - 60), (0.2 - 0.1) / (0.95 - 0.1)])
+    assert fidelity_position(results, rows[0]) == pytest.approx(gan_position)
+    assert fidelity_position(results, rows[1]) == pytest.approx(noisy_position) and noisy_position < 0.5 < gan_position
+    text = write_report(results, tmp_path).read_text()
+    tables = {table[0][1] if table[0][0] == "variant" else table[0][0]: table for table in results_tables(text)}
+    overview = results_tables(text)[0]
+    assert overview[0][-1] == "fidelity (noise 0, real 1)"
+    assert overview[2][-1] == format_number(gan_position) and overview[3][-1].endswith("⚠ noise-like")
+    body = {row[0]: row for table in results_tables(text)[1:] for row in table[2:]}
+    # reference rows in every metric table, italic, never bold
+    assert "*real (held-out)* (reference)" in body and "*noise* (reference)" in body and "*copies* (reference)" in body
+    assert not any("**" in cell for label, row in body.items() if "(reference)" in label for cell in row)
+    swd_table = next(t for t in results_tables(text) if t[0][1].startswith("swd"))
+    # swd prefers the noise-like model (110 < 120): nothing is marked best
+    assert not any(row[1].startswith("**") for row in swd_table[2:])
+    assert "`swd`: best mean noisy (not marked best: its samples look like noise, see the fidelity position); vs gan: p < 0.001, significant" in text
+    assert "`recall`: best mean noisy (not marked best: its samples look like noise, and the diversity of noise is no merit" in text
+    prdc = next(t for t in results_tables(text) if t[0][1].startswith("precision"))
+    header = prdc[0]
+    recall = header.index("recall ↑")
+    # recall (diversity): noise covers everything, no merit: the best of the others is marked
+    assert prdc[2][recall].startswith("**0.5") and not prdc[3][recall].startswith("**")
+    assert prdc[2][header.index("precision ↑")].startswith("**0.7")
+    ms_ssim = next(t for t in results_tables(text) if t[0][1].startswith("ms_ssim"))
+    assert ms_ssim[0][1] == "ms_ssim_synthetic ≈" and ms_ssim[2][1].startswith("**0.35")  # closest to real's 0.40
+    mean_gap = next(t for t in results_tables(text) if t[0][1].startswith("mean_gap"))
+    assert mean_gap[0][1].endswith("⚠") and not any(row[1].startswith("**") for row in mean_gap[2:])
+    assert "⚠ `mean_gap` is uninformative on this dataset (noise scores 0.001, real (held-out) 0.06)" in text
+    copy_rate = next(t for t in results_tables(text) if t[0][1].startswith("copy"))
+    assert copy_rate[2][1].startswith("**0.06")  # privacy: the noise-like model's 0 copies is no merit
+    # one seed each, with half-samples: cells carry the half-sample interval
+    swd_cell = swd_table[2][1]
+    spread = 1.959964 * statistics.stdev([v * 120 for v in (0.98, 1.02, 0.99, 1.01)])
+    assert swd_cell == f"120 [{format_number(120 - spread)}, {format_number(120 + spread)}]"
+    # results.csv holds the reference rows too
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as file:
+        refs = [row for row in csv.DictReader(file) if row["status"] == "reference"]
+    assert {(row["variant"], row["value"]) for row in refs} >= {("real", "swd"), ("noise", "swd"), ("copies", "copy_rate")}
+    assert (tmp_path / "plots" / "swd.png").is_file()

@@ -24,6 +24,7 @@ with a default, so a report can still be written for an interrupted benchmark.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 import statistics
@@ -33,8 +34,9 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import RaresynthError
+from ..files import atomic_path, write_text_atomic
 from ..evaluation.references import COPIES, LABELS, NOISE, REAL, REFERENCES
-from ..evaluation.statistics import RunValue, cell_interval, score
+from ..evaluation.statistics import RunValue, cell_interval, compare, score
 
 REPORT_FILE = "report.md"
 CSV_FILE = "results.csv"
@@ -170,6 +172,36 @@ def reference_value(results: Mapping[str, Any], ref: str, name: str) -> float | 
     return None if entry is None or entry.get("value") is None else float(entry["value"])
 
 
+#: A variant whose fidelity values lie closer to the noise reference than to real images
+#: (median position below this, on a scale noise = 0, real (held-out) = 1) "looks like noise".
+NOISE_LIKE_BELOW = 0.5
+#: Merits that mean nothing without fidelity: the diversity, privacy or utility of noise.
+GATED_QUESTIONS = ("diversity", "privacy", "utility")
+
+
+def fidelity_position(results: Mapping[str, Any], row: Mapping[str, Any]) -> float | None:
+    """Where a variant's fidelity values lie between the noise (0) and real (held-out) (1) rows: their median.
+
+    Only informative fidelity values with both references count; ``None`` without any.
+    """
+    positions = []
+    for name, stats in row["values"].items():
+        info = _value_info(results, name)
+        ideal = ideal_of(info)
+        if info.get("question", "fidelity") != "fidelity" or ideal not in ("higher", "lower") or info.get("informative") is not True:
+            continue
+        real, noise, mean = reference_value(results, REAL, name), reference_value(results, NOISE, name), stats.get("mean")
+        if real is None or noise is None or mean is None or not all(math.isfinite(x) for x in (real, noise, mean)) or real == noise:
+            continue
+        positions.append((score(mean, ideal) - score(noise, ideal)) / (score(real, ideal) - score(noise, ideal)))
+    return statistics.median(positions) if positions else None
+
+
+def noise_like(results: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
+    position = fidelity_position(results, row)
+    return position is not None and position < NOISE_LIKE_BELOW
+
+
 def _seed_field(variant: Mapping[str, Any], key: str) -> list[float]:
     """One number per finished run that has run field ``key`` (``train_seconds``, ...)."""
     numbers = [_number(run, key, f"variant '{variant['name']}' seed {run['seed']}") for run in _finished(variant)]
@@ -272,7 +304,10 @@ def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, 
     None when fewer than two variants have the value, all are equal (a shared
     baseline), the value is uninformative on this dataset, its ideal is the real
     images' value and there is no real (held-out) row, or the best variant does not
-    beat the trivial reference the value must beat (it scores like noise).
+    beat the trivial reference the value must beat (it scores like noise). A variant
+    whose samples look like noise (:func:`noise_like`) is never marked best: it is left
+    out on diversity, privacy and utility values (noise is diverse and private, and that
+    is no merit), and where it has the best mean of a fidelity value nothing is marked.
     """
     results = results or {}
     ideal = ideal_of(info)
@@ -281,13 +316,18 @@ def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, 
     real = reference_value(results, REAL, name)
     if ideal == "real" and real is None:
         return set()
+    gated = info.get("question", "fidelity") in GATED_QUESTIONS
+    looks_like_noise = {i for i, row in enumerate(rows) if not row.get("reference") and noise_like(results, row)}
     means = {i: row["values"][name]["mean"] for i, row in enumerate(rows) if not row.get("reference")}
     finite = {i: float(score(m, ideal, real)) for i, m in means.items() if m is not None and math.isfinite(m)}
-    if len(finite) < 2:
+    if len(finite) < 2 or len(set(finite.values())) == 1:  # nothing to compare, or a shared baseline
+        return set()
+    finite = {i: s for i, s in finite.items() if not (gated and i in looks_like_noise)}
+    if not finite:
         return set()
     best = max(finite.values())
-    if all(s == best for s in finite.values()):
-        return set()
+    if any(s == best and i in looks_like_noise for i, s in finite.items()):
+        return set()  # a fidelity value that prefers a noise-like variant disagrees with the others: crown no one
     for ref in info.get("must_beat") or (NOISE,):
         trivial = reference_value(results, ref, name)
         if trivial is not None and math.isfinite(trivial) and best <= score(trivial, ideal, real):
@@ -379,7 +419,8 @@ def _bar_figure(path: Path, labels: Sequence[str], panels: Sequence[tuple]) -> N
         _bar_axes(axes, labels, numbers, title, ylabel, references[0] if references else None)
     for axes in list(grid.flat)[len(panels):]:
         axes.set_visible(False)
-    figure.savefig(path, dpi=100)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
 
 
 def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[tuple[str, str]]:
@@ -457,16 +498,22 @@ def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos:
     """Variants (then reference rows) x values (mean ± std [95% interval], best bold); ``extra`` adds runs, train time, img/s (and peak mem)."""
     header = ["variant"] + [_header(n, infos[n]) for n in names]
     show_memory = extra and any(row.get("peak_mem_gib") is not None for row in rows)  # GPU runs report it, CPU runs do not
-    header += (["runs", "train time", "img/s"] + (["peak mem"] if show_memory else [])) if extra else []
+    positions = {i: fidelity_position(results or {}, row) for i, row in enumerate(rows) if not row.get("reference")} if extra else {}
+    show_position = any(p is not None for p in positions.values())
+    header += (["runs", "train time", "img/s"] + (["peak mem"] if show_memory else []) + (["fidelity (noise 0, real 1)"] if show_position else [])
+               if extra else [])
     best = {name: _best_rows(rows, name, infos[name], results) for name in names}
     body = []
     for i, row in enumerate(rows):
         cells = [_row_label(row)] + [_cell(row["values"][n], i in best[n], bool(row.get("reference"))) for n in names]
         if extra and row.get("reference"):
-            cells += ["reference", "—", "—"] + (["—"] if show_memory else [])
+            cells += ["reference", "—", "—"] + (["—"] if show_memory else []) + (["—"] if show_position else [])
         elif extra:
             cells += [_runs_cell(row), format_duration(row["train_seconds"]), format_number(row["img_per_s"])]
             cells += [f"{format_number(row['peak_mem_gib'])} GiB" if row["peak_mem_gib"] is not None else "—"] if show_memory else []
+            if show_position:
+                position = positions[i]
+                cells.append("—" if position is None else format_number(position) + (" ⚠ noise-like" if position < NOISE_LIKE_BELOW else ""))
         body.append(cells)
     return _table(header, body)
 
@@ -488,11 +535,43 @@ def _metric_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos
     return _table(header, body)
 
 
+def comparisons(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """For each ranked value: the variant with the best mean by its ideal, tested against every other variant.
+
+    ``{value name: {"best": variant, "tests": {other: {"difference", "p_value", "significant", "seeds"}}}}``,
+    with :func:`raresynth.evaluation.statistics.compare` on each finished run's value and half-samples.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    variants = _variants(results)
+    for name in _value_names(results):
+        info = _value_info(results, name)
+        ideal = ideal_of(info)
+        real = reference_value(results, REAL, name)
+        if ideal == "none" or (ideal == "real" and real is None):
+            continue
+        samples = {}
+        for variant in variants:
+            runs = _run_samples(variant, name)
+            if runs and all(math.isfinite(r.value) for r in runs):
+                samples[variant["name"]] = runs
+        if len(samples) < 2:
+            continue
+        scores = {v: sum(score(r.value, ideal, real) for r in runs) / len(runs) for v, runs in samples.items()}
+        best = max(scores, key=scores.get)
+        tests = {}
+        for other, runs in samples.items():
+            if other != best:
+                result = compare(samples[best], runs, ideal, real)
+                tests[other] = {"difference": result.difference, "p_value": result.p_value, "significant": result.significant,
+                                "seeds": [len(samples[best]), len(runs)]}
+        out[name] = {"best": best, "tests": tests}
+    return out
+
+
 def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
-                   rows: Sequence[Mapping[str, Any]]) -> list[str]:
+                   rows: Sequence[Mapping[str, Any]], tested: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Per value: uninformative here (with the numbers), or the best variant and its test against each other."""
     labels = {v["name"]: _label(v) for v in _variants(results)}
-    comparisons = results.get("comparisons") or {}
     lines = []
     for name in names:
         info = infos[name]
@@ -500,7 +579,7 @@ def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapp
             lines.append(f"- ⚠ `{name}` is uninformative on this dataset ({_md(info.get('uninformative_because', ''))}): "
                          "it does not rank real images ahead of that reference, so no variant is marked best on it.")
             continue
-        comparison = comparisons.get(name)
+        comparison = tested.get(name)
         if not comparison or not comparison.get("tests"):
             continue
         best = comparison["best"]
@@ -510,18 +589,24 @@ def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapp
             if p is None:
                 parts.append(f"vs {_md(labels.get(other, other))}: not testable (one seed each and no half-samples)")
             elif test.get("significant"):
-                parts.append(f"vs {_md(labels.get(other, other))}: p = {_p(p)}, significant")
+                parts.append(f"vs {_md(labels.get(other, other))}: p {_p(p)}, significant")
             else:
-                parts.append(f"vs {_md(labels.get(other, other))}: p = {_p(p)}, no significant difference")
+                parts.append(f"vs {_md(labels.get(other, other))}: p {_p(p)}, no significant difference")
         bolded = ""
-        if not _best_rows(rows, name, info, results):
-            bolded = " (not bolded: it does not beat the " + " / ".join(LABELS[r] for r in info.get("must_beat") or (NOISE,)) + " reference)"
+        best_row = next((row for row in rows if row["variant"] == best), None)
+        if best_row is not None and noise_like(results, best_row):
+            gated = info.get("question", "fidelity") in GATED_QUESTIONS
+            bolded = (f" (not marked best: its samples look like noise, and the {info.get('question')} of noise is no merit; the best of the "
+                      "others is marked)" if gated else " (not marked best: its samples look like noise, see the fidelity position)")
+        elif not _best_rows(rows, name, info, results):
+            bolded = " (not marked best: it does not beat the " + " / ".join(LABELS[r] for r in info.get("must_beat") or (NOISE,)) + " reference)"
         lines.append(f"- `{name}`: best mean {_md(labels.get(best, best))}{bolded}; " + "; ".join(parts) + ".")
     return lines
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+    """``= 0.034`` or ``< 0.001``."""
+    return f"= {p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 def _results_section(results: Mapping[str, Any]) -> list[str]:
@@ -532,6 +617,7 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
     """
     rows = summarize(results)
     references = reference_rows(results)
+    tested = comparisons(results)
     all_names = _value_names(results)
     names = [n for n in all_names if not (n.endswith("_std") and n.removesuffix("_std") in all_names)]
     infos = {name: _value_info(results, name) for name in all_names}
@@ -539,13 +625,13 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
     lines = ["## Results", ""]
     if len(groups) <= 1:
         lines += _value_table(rows + references, names, infos, extra=True, results=results)
-        verdicts = _verdict_lines(results, names, infos, rows)
+        verdicts = _verdict_lines(results, names, infos, rows, tested)
         lines += ["", *verdicts] if verdicts else []
     else:
         lines += _value_table(rows, [], infos, extra=True, results=results)
         for metric, members in groups:
             lines += ["", f"### {_md(metric)}", ""] + _metric_table(rows + references, members, infos, results)
-            verdicts = _verdict_lines(results, members, infos, rows)
+            verdicts = _verdict_lines(results, members, infos, rows, tested)
             lines += ["", *verdicts] if verdicts else []
     lines += ["", "↓ lower is better, ↑ higher is better, ≈ closest to the *real (held-out)* reference is best. Cells: mean ± "
               "sample standard deviation over the finished seeds (the mean alone with one seed; — when no finished run has "
@@ -554,13 +640,18 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
               "best mean by the value's ideal, only where the value is informative on this dataset and the best variant beats "
               "the noise reference (copies, for privacy values); ⚠: uninformative here. Train time and img/s: mean over "
               "finished runs."]
+    if any(fidelity_position(results, row) is not None for row in rows):
+        lines += ["", "Fidelity (noise 0, real 1): the median over the informative fidelity values of where a variant lies between "
+                  "the *noise* row (0) and the *real (held-out)* row (1). Below 0.5 (⚠ noise-like) its samples are closer to noise "
+                  "than to real images, and it is never marked best on a diversity, privacy or utility value: noise is diverse "
+                  "and private, and that is no merit."]
     if references:
         lines += ["", "Reference rows, measured like a generator's synthetic set: *real (held-out)* is the held-out real images "
                   "(the best a generator can reach on this dataset; metrics that use the held-out set themselves get one half "
                   "as synthetic and the other as held-out, averaged over both ways), *copies* are training images drawn with "
                   "replacement (a perfect memorizer), *noise* is per-pixel Gaussian noise at the training mean and std."]
     test = results.get("test") or {}
-    if results.get("comparisons"):
+    if tested:
         lines += ["", f"Tests: {_md(test.get('method', 'bootstrap'))}; significant at p < {test.get('alpha', 0.05)}. "
                   "With one seed per variant a test covers the synthetic sample only: train more seeds to include training randomness."]
     if len(names) < len(all_names):
@@ -687,9 +778,10 @@ def write_report(results: dict, out_dir: Path) -> Path:
     summarize(results)  # checks the structure and every finished run's numbers
     rows = csv_rows(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / CSV_FILE, "w", newline="", encoding="utf-8") as file:
-        csv.writer(file).writerows(rows)
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows(rows)
+    write_text_atomic(out_dir / CSV_FILE, table.getvalue())
     plots = write_plots(results, out_dir)
     report = out_dir / REPORT_FILE
-    report.write_text(render_report(results, plots), encoding="utf-8")
+    write_text_atomic(report, render_report(results, plots))
     return report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import json
 import os
 import platform
@@ -37,8 +36,8 @@ from ..errors import (
 )
 from ..evaluation.evaluate import with_replicates
 from ..evaluation.features import content_hash
-from ..evaluation.references import REAL, informative, measure_references, reference_key
-from ..evaluation.statistics import ALPHA, TEST_METHOD, RunValue, compare, score
+from ..evaluation.references import informative, measure_references, reference_key
+from ..evaluation.statistics import ALPHA, TEST_METHOD
 from ..interfaces import DataSpec
 from ..registry import Registry, get_registry
 from ..training import checkpoint as ckpt
@@ -48,7 +47,8 @@ from ..training.loop import (
     synthetic_like_train,
     train,
 )
-from ..training.rundir import read_data_spec
+from ..files import DirectoryLock, write_text_atomic
+from ..training.rundir import RunManifest, read_data_spec
 from ..training.sampling import load_run_generator
 from ..version import __version__
 from .plan import (
@@ -66,7 +66,7 @@ from .plan import (
     plan,
     run_state,
 )
-from .report import write_report
+from .report import comparisons, write_report
 
 # ---------------------------------------------------------------------------
 # Running
@@ -151,14 +151,19 @@ def plan_text(benchmark: Benchmark) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _claim_out_dir(benchmark: Benchmark) -> None:
-    """Make out_dir the harness's: refuse a folder that holds something else."""
+def _refuse_foreign_out_dir(benchmark: Benchmark) -> None:
+    """Refuse an out_dir that holds something other than a benchmark of the harness's."""
     out_dir = benchmark.out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MARKER_FILE).is_file():
         raise RunDirError(f"{out_dir}: exists and is not a raresynth benchmark folder (no {MARKER_FILE}); "
                           "choose another out_dir (nothing was changed)")
+
+
+def _claim_out_dir(benchmark: Benchmark) -> None:
+    """Mark out_dir as the harness's (checked by :func:`_refuse_foreign_out_dir` before the lock is taken)."""
+    out_dir = benchmark.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER_FILE).write_text(yaml.safe_dump(benchmark.config.model_dump(mode="json"), sort_keys=False))
+    write_text_atomic(out_dir / MARKER_FILE, yaml.safe_dump(benchmark.config.model_dump(mode="json"), sort_keys=False))
 
 
 def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: bool = False, progress_bar: bool = True,
@@ -176,43 +181,45 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
         raise ConfigError("raresynth bench runs as one process and launches the training runs itself: start it without "
                           "torchrun / accelerate launch, and pass --processes N to train each run on N processes (GPUs)")
     log = log or (lambda message: print(f"raresynth bench: {message}", file=sys.stderr, flush=True))
-    _claim_out_dir(benchmark)
-    config = benchmark.config
-    dataset = load_dataset(benchmark.runs[0].config.data, benchmark.registry)
-    data_id = dataset_id(dataset)
-    refs = benchmark.metric_refs(dataset.spec)
-    # Built before any training, so that a missing weights file fails now; one object per
-    # metric for the whole benchmark, so real-set features and embeddings are computed once.
-    metrics = [] if report_only else build_metrics(_config_with_metrics(benchmark.runs[0].config, refs), dataset.spec,
-                                                     benchmark.registry, benchmark.out_dir)
-    selected = [] if report_only else [run for run in benchmark.runs if not only or _named(run, only)]
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    for run in benchmark.runs:
-        error = None  # why this invocation's training or measuring failed
-        if run in selected:
-            where = f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
-            if run.state != "done":
-                error = _train_run(run, benchmark.registry, processes, progress_bar, log, where)
-            if run.state == "done" and _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is None:
-                try:
-                    check_split(dataset, load_split(run.run_dir / "split.json"))
-                except RaresynthError as exc:
-                    raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); "
-                                      f"rerun it with --rerun {run.variant.name}") from None
-                log(f"{where}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
-                try:
-                    measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
-                except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
-                    error = f"measuring: {' '.join(str(exc).split())}"
-                    log(f"{where}: {error}")
-        record = records[(run.variant.name, run.seed)] = run_record(run, data_id, refs, config)
-        if error:
-            record.update(status="failed", error=error)
-    grids = write_grids(benchmark, records, selected)
-    references = benchmark_references(benchmark, dataset, refs, metrics, compute=not report_only, log=log)
-    results = collect_results(benchmark, dataset, data_id, refs, records, grids, references)
-    (benchmark.out_dir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
-    write_report(results, benchmark.out_dir)
+    _refuse_foreign_out_dir(benchmark)
+    with DirectoryLock(benchmark.out_dir, what="benchmark"):  # one harness per benchmark folder
+        _claim_out_dir(benchmark)
+        config = benchmark.config
+        dataset = load_dataset(benchmark.runs[0].config.data, benchmark.registry)
+        data_id = dataset_id(dataset)
+        refs = benchmark.metric_refs(dataset.spec)
+        # Built before any training, so that a missing weights file fails now; one object per
+        # metric for the whole benchmark, so real-set features and embeddings are computed once.
+        metrics = [] if report_only else build_metrics(_config_with_metrics(benchmark.runs[0].config, refs), dataset.spec,
+                                                         benchmark.registry, benchmark.out_dir)
+        selected = [] if report_only else [run for run in benchmark.runs if not only or _named(run, only)]
+        records: dict[tuple[str, int], dict[str, Any]] = {}
+        for run in benchmark.runs:
+            error = None  # why this invocation's training or measuring failed
+            if run in selected:
+                where = f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
+                if run.state != "done":
+                    error = _train_run(run, benchmark.registry, processes, progress_bar, log, where)
+                if run.state == "done" and _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is None:
+                    try:
+                        check_split(dataset, load_split(run.run_dir / "split.json"))
+                    except RaresynthError as exc:
+                        raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); "
+                                          f"rerun it with --rerun {run.variant.name}") from None
+                    log(f"{where}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
+                    try:
+                        measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
+                    except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
+                        error = f"measuring: {' '.join(str(exc).split())}"
+                        log(f"{where}: {error}")
+            record = records[(run.variant.name, run.seed)] = run_record(run, data_id, refs, config)
+            if error:
+                record.update(status="failed", error=error)
+        grids = write_grids(benchmark, records, selected)
+        references = benchmark_references(benchmark, dataset, refs, metrics, compute=not report_only, log=log)
+        results = collect_results(benchmark, dataset, data_id, refs, records, grids, references)
+        write_text_atomic(benchmark.out_dir / "results.json", json.dumps(results, indent=1, default=_json_default) + "\n")
+        write_report(results, benchmark.out_dir)
     return results
 
 
@@ -233,7 +240,7 @@ def _train_run(run: PlannedRun, registry: Registry, processes: int, progress_bar
         message = " ".join(str(exc).split()) or type(exc).__name__
         run.state = "failed"
         if run.run_dir.is_dir():
-            (run.run_dir / ERROR_FILE).write_text(message + "\n")
+            _write_own(run.run_dir, ERROR_FILE, message + "\n")
         log(f"{where}: FAILED: {message}")
         return message
     finally:
@@ -321,11 +328,16 @@ def measure(run: PlannedRun, dataset: Dataset, metrics, refs: Sequence[PluginRef
         metric.output_dir = run.run_dir / "metrics"
     values = with_replicates(metrics, dataset.train, dataset.held_out, synthetic, config.evaluation.resamples, seed=run.seed)
     saved = {"fingerprint": fingerprint(run, refs, config, data_id), "values": values, "seconds": time.perf_counter() - start}
-    path = run.run_dir / METRICS_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(saved, indent=1, default=_json_default) + "\n")
-    os.replace(temporary, path)
+    _write_own(run.run_dir, METRICS_FILE, json.dumps(saved, indent=1, default=_json_default) + "\n")
     return saved
+
+
+def _write_own(run_dir: Path, name: str, text: str) -> None:
+    """Write one of the harness's files into a run directory, atomically, listed in the run's manifest first."""
+    manifest = RunManifest.load(run_dir)
+    if manifest is not None:
+        manifest.add(name)
+    write_text_atomic(run_dir / name, text)
 
 
 def _release_gpu_memory() -> None:
@@ -421,40 +433,8 @@ def benchmark_references(benchmark: Benchmark, dataset: Dataset, refs: Sequence[
             return None
     references = measure_references(metrics, [ref.plain() for ref in refs], dataset.train, dataset.held_out, n, labels,
                                     config.evaluation.resamples, config.sampling_seed, log=log)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps({"key": key, "references": references}, indent=1) + "\n")
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps({"key": key, "references": references}, indent=1) + "\n")
     return references
-
-
-def value_comparisons(variants: Sequence[Mapping[str, Any]], catalog: Mapping[str, Mapping[str, Any]],
-                      references: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """For each ranked value: the best variant (by its ideal) and a test of it against every other variant."""
-    real_row = (references or {}).get(REAL, {})
-    out: dict[str, dict[str, Any]] = {}
-    for name, info in catalog.items():
-        ideal = info.get("ideal", "none")
-        real = real_row.get(name, {}).get("value")
-        if ideal == "none" or (ideal == "real" and real is None):
-            continue
-        samples = {}
-        for variant in variants:
-            runs = [RunValue(float(run["values"][name]), (run.get("replicates") or {}).get(name, []))
-                    for run in variant["runs"] if run["status"] == "done" and run["values"].get(name) is not None]
-            if runs and all(math.isfinite(r.value) for r in runs):
-                samples[variant["name"]] = runs
-        if len(samples) < 2:
-            continue
-        scores = {v: sum(score(r.value, ideal, real) for r in runs) / len(runs) for v, runs in samples.items()}
-        best = max(scores, key=scores.get)
-        tests = {}
-        for other, runs in samples.items():
-            if other != best:
-                result = compare(samples[best], runs, ideal, real)
-                tests[other] = {"difference": result.difference, "p_value": result.p_value, "significant": result.significant,
-                                "seeds": [len(samples[best]), len(runs)]}
-        out[name] = {"best": best, "tests": tests}
-    return out
 
 
 def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: Sequence[PluginRef],
@@ -494,7 +474,7 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
     if "frd" not in benchmark.registry.names("metric") and config.metrics == "default":
         notes.append("frd (Fréchet Radiomics Distance) is not installed: pip install 'raresynth[frd]' to add it to the default metrics")
     spec = dataset.spec
-    return {
+    results = {
         "name": config.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_file": benchmark.config_file,
@@ -511,9 +491,10 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
         "values": catalog,
         "variants": variants,
         "references": references,
-        "comparisons": value_comparisons(variants, catalog, references),
         "test": {"method": TEST_METHOD, "alpha": ALPHA},
     }
+    results["comparisons"] = comparisons(results)
+    return results
 
 
 def _describe_ref(ref: Mapping[str, Any]) -> str:
