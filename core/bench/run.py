@@ -44,6 +44,7 @@ from ..training import checkpoint as ckpt
 from ..training.loop import (
     build_metrics,
     cycled_labels,
+    synthetic_labels,
     synthetic_like_train,
     train,
 )
@@ -422,7 +423,7 @@ def benchmark_references(benchmark: Benchmark, dataset: Dataset, refs: Sequence[
     if not config.evaluation.references:
         return None
     n = config.synthetic_images or len(dataset.train)
-    labels = dataset.train.labels[torch.arange(n) % len(dataset.train)] if dataset.train.labels is not None else None  # as synthetic_like_train
+    labels = synthetic_labels(dataset, n)
     key = reference_key(dataset.train, dataset.held_out, [ref.plain() for ref in refs], n, labels, config.evaluation.resamples, config.sampling_seed)
     path = benchmark.out_dir / REFERENCES_FILE
     if not compute or not metrics:

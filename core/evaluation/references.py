@@ -112,7 +112,11 @@ def measure_real(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_ou
     values = metric_values(plain, train, held_out, real_set)
     if own and len(held_out) >= 4:
         a, b = _held_out_halves(held_out, seed)
-        values.update(_average([metric_values(own, train, b, a), metric_values(own, train, a, b)]))
+        # costly metrics (Metric.bootstrap False: they train a classifier per call) go one way only
+        cheap = [(name, m) for name, m in own if m.bootstrap]
+        costly = [(name, m) for name, m in own if not m.bootstrap]
+        values.update(_average([metric_values(cheap, train, b, a), metric_values(cheap, train, a, b)]) if cheap else {})
+        values.update(metric_values(costly, train, b, a))
     for name, numbers in replicates.items():
         values[name]["replicates"] = numbers
     return values
@@ -162,9 +166,12 @@ def measure_references(metrics: Sequence[tuple[str, Metric]], metric_refs: Seque
     try:
         for _, metric in metrics:  # the references' artifacts would overwrite a run's own
             metric.output_dir = None
+        # Costly metrics (Metric.bootstrap False) skip the copies row: no value of theirs must beat copies
+        # unless it is a privacy value, and copies of training images are what trtr already measures.
+        for_copies = [(name, m) for name, m in metrics if m.bootstrap]
         references = {
             REAL: measure_real(metrics, train, held_out, resamples, seed),
-            COPIES: measure_trivial(metrics, train, held_out, copies_set(train, n, labels, seed), resamples, seed),
+            COPIES: measure_trivial(for_copies, train, held_out, copies_set(train, n, labels, seed), resamples, seed),
             NOISE: measure_trivial(metrics, train, held_out, noise_set(train, n, labels, seed), resamples, seed),
         }
     finally:

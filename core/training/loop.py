@@ -440,10 +440,14 @@ def synthetic_like_train(generator: Generator, dataset: Dataset, n: int = 0, fir
     Image ``i`` comes from seed ``first_seed + i``: every backend is measured on the same seeds and labels.
     """
     n = n or len(dataset.train)
-    labels = None
-    if dataset.train.labels is not None:
-        labels = dataset.train.labels[torch.arange(n) % len(dataset.train)]
-    return sample_image_set(generator, n, labels, first_seed=first_seed, options=options)
+    return sample_image_set(generator, n, synthetic_labels(dataset, n), first_seed=first_seed, options=options)
+
+
+def synthetic_labels(dataset: Dataset, n: int) -> torch.Tensor | None:
+    """The labels of a synthetic set of ``n`` images: the training split's, cycled (its class balance)."""
+    if dataset.train.labels is None:
+        return None
+    return dataset.train.labels[torch.arange(n) % len(dataset.train)]
 
 
 def run_metrics(config: RunConfig, dataset: Dataset, generator: Generator, metrics: Sequence[tuple[str, Metric]], run_dir: Path) -> dict[str, Any]:
