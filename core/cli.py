@@ -259,7 +259,11 @@ def cmd_audit(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_review(args: argparse.Namespace, registry: Registry) -> int:
-    from . import review
+    try:
+        from . import review
+    except ImportError as exc:
+        raise RaresynthError(f"raresynth review needs the web app's packages ({exc.name} is missing): "
+                             "pip install 'raresynth[review]'") from None
 
     if args.review_command == "create":
         summary = review.create_study(args.study_dir, args.real, args.synthetic, registry, n=args.n, seed=args.seed)
