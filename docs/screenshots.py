@@ -63,7 +63,7 @@ def main() -> None:
                     driver.find_element(By.ID, f"call-{'real' if i % 2 else 'synthetic'}").click()
                     driver.find_element(By.ID, f"confidence-{1 + i % 5}").click()
                     driver.find_element(By.ID, "save").click()
-                    WebDriverWait(driver, 30, ignored_exceptions=ignored).until(lambda d: d.find_element(By.NAME, "image_id").get_attribute("value") != shown)
+                    WebDriverWait(driver, 30, ignored_exceptions=ignored).until(lambda d, shown=shown: d.find_element(By.NAME, "image_id").get_attribute("value") != shown)
                 old_form = driver.find_element(By.NAME, "image_id").get_attribute("value")
                 driver.find_element(By.ID, "call-synthetic").click()
                 driver.find_element(By.ID, "confidence-4").click()

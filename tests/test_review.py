@@ -11,7 +11,6 @@ import io
 import json
 import math
 import sqlite3
-from pathlib import Path
 from urllib.parse import urlencode
 
 import numpy as np
@@ -29,10 +28,9 @@ from review_helpers import ThreadServer, json_body, key, png_chunks, post_form, 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A 16-image study: 8 real held-out crops, 4 sampled from a toy run now and 4 from a folder of its samples."""
-    from raresynth.registry import load_plugins, set_registry
-
     import dcgan_plugin
     import toy_plugin
+    from raresynth.registry import load_plugins, set_registry
 
     tmp = tmp_path_factory.mktemp("review")
     registry = load_plugins(only=None, extra=[("toy", toy_plugin), ("dcgan", dcgan_plugin)])
@@ -142,7 +140,7 @@ def test_the_server_refuses_bad_input_with_clear_errors_and_keeps_the_database_c
     good = {"image_id": image, "call": "synthetic", "confidence": "4", "realism": "2", "artefact": "blur", "note": "edges"}
 
     status, _, body = request(f"{base}/r/not-a-token")
-    assert status == 404 and b"no reader has this token" in body
+    assert status == 404 and b"no reader has this token" in body and b'id="resume"' not in body
     assert post_form(f"{base}/r/not-a-token/answer", urlencode(good))[0] == 404
     assert request(f"{base}/r/{token}/image/0123456789abcdef")[0] == 404
     status, headers, body = request(f"{base}/r/{token}/image/nope", headers={"Accept": "application/json"})
@@ -179,6 +177,7 @@ def test_the_server_refuses_bad_input_with_clear_errors_and_keeps_the_database_c
     later = next(i for i in key(served["dir"]) if i not in (image, current_image(served)))
     status, _, body = post_form(answer_url, urlencode({**good, "image_id": later}))
     assert status == 409 and "not the image you are asked about now" in body.decode()
+    assert f'<a id="resume" href="/r/{token}">' in body.decode()  # the way on, for a reader whose token is known
     assert stored_answers(served["dir"]) == {("ann", image): ("synthetic", 4)}
     with connect(served["dir"]) as db:
         row = db.execute("SELECT realism, artefacts, note FROM answers").fetchone()

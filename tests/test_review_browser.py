@@ -27,9 +27,9 @@ CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
                                 reason="no Chromium browser: apt-get install chromium chromium-driver (.ci/run does)")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install -e '.[review]'")
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 N_IMAGES = 24
 TIMEOUT = 30  # seconds for any one page to load or change
@@ -49,11 +49,10 @@ def make_browser():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    from raresynth.registry import load_plugins, set_registry
-    from raresynth.review import add_reader, create_study
-
     import dcgan_plugin
     import toy_plugin
+    from raresynth.registry import load_plugins, set_registry
+    from raresynth.review import add_reader, create_study
 
     tmp = tmp_path_factory.mktemp("review-browser")
     registry = load_plugins(only=None, extra=[("toy", toy_plugin), ("dcgan", dcgan_plugin)])

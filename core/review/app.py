@@ -57,10 +57,11 @@ def build_app(study_dir: str | Path) -> Starlette:
     def page(template: str, code: int = 200, **context) -> HTMLResponse:
         return HTMLResponse(templates.get_template(template).render(**context), status_code=code, headers=SECURITY_HEADERS)
 
-    def error(request: Request, message: str, status: int) -> Response:
+    def error(request: Request, message: str, status: int, resume: str | None = None) -> Response:
+        """An error page (or JSON); ``resume``: the reader's own page, offered as the way on (a known reader only)."""
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"error": message, "status": status}, status_code=status, headers=SECURITY_HEADERS)
-        return page("error.html", status, message=message, status=status)
+        return page("error.html", status, message=message, status=status, resume=resume)
 
     @contextlib.contextmanager
     def database():
@@ -100,7 +101,9 @@ def build_app(study_dir: str | Path) -> Starlette:
         try:
             image_id, given = await parse_answer(request)
         except FormError as exc:
-            return error(request, str(exc), exc.status)
+            with database() as db:
+                known = reader_of(db, token) is not None
+            return error(request, str(exc), exc.status, resume=f"/r/{token}" if known else None)
         with database() as db:
             reader = reader_of(db, token)
             if reader is None:
@@ -108,7 +111,7 @@ def build_app(study_dir: str | Path) -> Starlette:
             try:
                 record_answer(db, reader["id"], image_id, given)
             except AnswerRefused as exc:
-                return error(request, str(exc), exc.status)
+                return error(request, str(exc), exc.status, resume=f"/r/{token}")
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse({"saved": image_id}, headers=SECURITY_HEADERS)
         return RedirectResponse(f"/r/{token}", status_code=303, headers=SECURITY_HEADERS)
@@ -120,8 +123,7 @@ def build_app(study_dir: str | Path) -> Starlette:
             readers = []
             for row in db.execute("SELECT id, name FROM readers ORDER BY id").fetchall():
                 answered, total, _ = progress_of(db, row["id"])
-                last = db.execute("SELECT MAX(answered) FROM answers WHERE reader_id = ?", (row["id"],)).fetchone()[0]
-                readers.append({"name": row["name"], "answered": answered, "total": total, "last": last})
+                readers.append({"name": row["name"], "answered": answered, "total": total})
             study = settings(db)
         return page("admin.html", readers=readers, study=study)
 

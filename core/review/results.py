@@ -201,10 +201,10 @@ def _table(title: str, groups: dict[str, dict[str, Any]]) -> list[str]:
 def results_markdown(results: dict[str, Any]) -> str:
     study = results["study"]
     lines = ["# Reader study results", "",
-             f"{study['n']} images ({study['resolution']}x{study['resolution']} px), half real held-out images, half synthetic "
+             (f"{study['n']} images ({study['resolution']}x{study['resolution']} px), half real held-out images, half synthetic "
              f"from {', '.join(study['generators'])}. Positive class: synthetic. Accuracy at 0.5 is chance: readers could not "
              "tell the images apart. The pooled p-value treats answers as independent, which they are not (several readers, "
-             "the same images); the per-reader tests are the ones to quote.", ""]
+             "the same images); the per-reader tests are the ones to quote."), ""]
     lines += _table("Overall and per reader", {"all readers": results["overall"], **results["readers"]})
     lines += _table("Per generator (its images against all real ones)", results["generators"])
     if results["classes"]:
