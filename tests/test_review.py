@@ -322,3 +322,26 @@ def test_review_on_the_command_line(study, tmp_path, capsys, registry):
     assert "no answers yet" in capsys.readouterr().err
     assert main(["review", "results", str(tmp_path / "nothing")]) == 2
     assert "not a review study" in capsys.readouterr().err
+
+
+def test_an_unlabelled_study_from_a_data_config_and_a_flat_folder(study, tmp_path):
+    from skimage import data as skimage_data
+
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir(), fake.mkdir()
+    astronaut = skimage_data.astronaut()  # a real photograph, cut into 20 crops
+    for i in range(20):
+        y, x = divmod(i, 5)
+        Image.fromarray(astronaut[y * 96 : y * 96 + 64, x * 96 : x * 96 + 64]).save(real / f"crop{i:02d}.png")
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(fake / f"noise{i}.png")
+    config = tmp_path / "data.yaml"
+    config.write_text(f"data:\n  format: image_folder\n  source: {real.name}\n  labels: none\n  resolution: 32\n  channels: 3\n")
+    create_study(tmp_path / "study", config, [fake], study["registry"], n=8, seed=0)
+    images = key(tmp_path / "study")
+    assert sorted((e["source"], e["class_name"]) for e in images.values()) == [("fake", None)] * 4 + [("real", None)] * 4
+    assert {e["origin"] for e in images.values() if e["source"] == "real"} <= {f"crop{i:02d}.png" for i in range(20)}
+    # labelled real data needs labelled synthetic images, to balance the classes
+    with pytest.raises(ConfigError, match="the real data has classes .* but these images have no labels"):
+        create_study(tmp_path / "mixed", study["run"], [fake], study["registry"], n=4)

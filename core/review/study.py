@@ -219,9 +219,8 @@ def create_study(study_dir: str | Path, real: str | Path, synthetic: list[str | 
     connection.commit()
     connection.close()
     os.replace(temporary, study_dir / DATABASE)
-    counts = Counter((source, cls) for _, _, _, source, cls, _ in rows)
-    return {"study_dir": str(study_dir), "images": len(rows), "counts": {f"{s}{'/' + c if c else ''}": k for (s, c), k in sorted(counts.items(), key=str)},
-            "admin_token": admin_token}
+    counts = Counter(f"{source}/{class_name}" if class_name else source for _, _, _, source, class_name, _ in rows)
+    return {"study_dir": str(study_dir), "images": len(rows), "counts": dict(sorted(counts.items())), "admin_token": admin_token}
 
 
 # ---------------------------------------------------------------------------
