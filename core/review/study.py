@@ -66,10 +66,10 @@ class StudyError(RaresynthError):
     """A study directory, reader or answer that cannot be used as given."""
 
 
-def connect(study_dir: str | Path, create: bool = False) -> sqlite3.Connection:
+def connect(study_dir: str | Path) -> sqlite3.Connection:
     """A connection to the study's database (WAL, full sync, foreign keys); autocommit, transactions explicit."""
     path = Path(study_dir).expanduser() / DATABASE
-    if not create and not path.is_file():
+    if not path.is_file():
         raise StudyError(f"{study_dir}: not a review study (no {DATABASE}); make one with `raresynth review create`")
     connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA journal_mode=WAL")
@@ -200,8 +200,6 @@ def create_study(study_dir: str | Path, real: str | Path, synthetic: list[str | 
     study_dir.mkdir(parents=True, exist_ok=True)
     temporary = study_dir / (DATABASE + ".creating")
     temporary.unlink(missing_ok=True)
-    connection = sqlite3.connect(temporary)
-    connection.executescript(SCHEMA)
     rows = []
     for source, indices in drawn:
         pixels = to_uint8(source.images.images[indices])
@@ -210,13 +208,21 @@ def create_study(study_dir: str | Path, real: str | Path, synthetic: list[str | 
             rows.append((secrets.token_hex(8), encode_png(array), REAL if source.name == REAL else SYNTHETIC, source.name,
                          class_names[label] if label is not None else None, source.origins[index]))
     rng.shuffle(rows)  # the table's order says nothing either
-    connection.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
     admin_token = secrets.token_urlsafe(24)
     settings = {"n": n, "seed": seed, "resolution": resolution, "channels": channels, "class_names": list(class_names),
                 "real": str(real), "synthetic": [str(p) for p in synthetic], "generators": [s.name for s, _ in drawn[1:]],
                 "created": time.time()}
-    connection.executemany("INSERT INTO meta VALUES (?, ?)", [("settings", json.dumps(settings)), ("admin_token", admin_token)])
-    connection.commit()
+    # Built under another name and renamed when complete: a study.sqlite is always a whole study.
+    connection = sqlite3.connect(temporary)
+    try:
+        connection.executescript(SCHEMA)
+        connection.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?)", rows)
+        connection.executemany("INSERT INTO meta VALUES (?, ?)", [("settings", json.dumps(settings)), ("admin_token", admin_token)])
+        connection.commit()
+    except BaseException:
+        connection.close()
+        temporary.unlink(missing_ok=True)
+        raise
     connection.close()
     os.replace(temporary, study_dir / DATABASE)
     counts = Counter(f"{source}/{class_name}" if class_name else source for _, _, _, source, class_name, _ in rows)
