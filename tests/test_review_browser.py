@@ -169,6 +169,14 @@ def test_two_readers_a_crash_and_a_restart_lose_no_answer(study, browsers):
         assert shown_image(browsers[0]) == orders["ann"][10] and shown_image(browsers[1]) == orders["bob"][7]
 
         unblinding_checks(browsers[0], server.base, tokens["ann"], study_dir, images)
+        # Z shows the image at its own 32 px and back at the integer zoom
+        body = browsers[0].find_element(By.TAG_NAME, "body")
+        width = "return document.getElementById('image').getBoundingClientRect().width"
+        assert browsers[0].execute_script(width) == 512
+        body.send_keys("z")
+        assert browsers[0].execute_script(width) == 32
+        body.send_keys("z")
+        assert browsers[0].execute_script(width) == 512
 
         for driver, name in zip(browsers, ("ann", "bob")):
             answer_pages(driver, server.base, name, tokens[name], truth, N_IMAGES - len(given[name]), given[name], seen[name],
