@@ -8,6 +8,7 @@
     raresynth data inspect PATH             what a reader sees in a file or folder
     raresynth bench CONFIG [a.b=value ...]  train and compare variants on one dataset, write report.md
     raresynth audit DIR --against RUN       are the images in DIR copies of the run's training images?
+    raresynth review create|add-reader|serve|results STUDY_DIR ...   a blinded reader study in the browser
 
 Errors the user can fix are printed as one line, without a traceback, exit code 2.
 Several processes: ``accelerate launch -m raresynth train ...`` or
@@ -93,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a run directory (its training split) or a data config file (its train split)")
     audit.add_argument("--out", type=Path, help="folder for audit.json and the closest-pair grids (default: SYNTHETIC-audit beside it)")
     audit.add_argument("options", nargs="*", metavar="key=value", help="memorization metric options, e.g. percentile=1 embedding=null")
+
+    review = commands.add_parser("review", help="a blinded real-vs-synthetic reader study in the browser")
+    review_commands = review.add_subparsers(dest="review_command", required=True, metavar="SUBCOMMAND")
+    create = review_commands.add_parser("create", help="draw real held-out and synthetic images into a new study")
+    create.add_argument("study_dir", type=Path, help="folder for the study (study.sqlite)")
+    create.add_argument("--real", type=Path, required=True, metavar="DATA_CONFIG_OR_RUN", help="its held-out images are the real ones")
+    create.add_argument("--synthetic", type=Path, action="append", required=True, metavar="RUN_DIR_OR_FOLDER",
+                        help="a run directory (sampled now) or a folder of images; repeat for several generators")
+    create.add_argument("--n", type=int, default=100, help="images in the study, half real, half synthetic (default 100)")
+    create.add_argument("--seed", type=int, default=0, help="which images are drawn (default 0)")
+    reader = review_commands.add_parser("add-reader", help="add a reader; prints their private link")
+    reader.add_argument("study_dir", type=Path)
+    reader.add_argument("name", help="the reader's name (shown on the admin page and in the results)")
+    reader.add_argument("--url", default="http://127.0.0.1:8000", help="the address readers reach the server at (default http://127.0.0.1:8000)")
+    serve = review_commands.add_parser("serve", help="serve the study to its readers")
+    serve.add_argument("study_dir", type=Path)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    results = review_commands.add_parser("results", help="accuracy, AUC and agreement; writes STUDY_DIR/results/")
+    results.add_argument("study_dir", type=Path)
     return parser
 
 
@@ -246,8 +267,37 @@ def cmd_audit(args: argparse.Namespace, registry: Registry) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace, registry: Registry) -> int:
+    try:
+        from . import review
+    except ImportError as exc:
+        raise RaresynthError(f"raresynth review needs the web app's packages ({exc.name} is missing): "
+                             "pip install 'raresynth[review]'") from None
+
+    if args.review_command == "create":
+        summary = review.create_study(args.study_dir, args.real, args.synthetic, registry, n=args.n, seed=args.seed)
+        print(f"study of {summary['images']} images in {summary['study_dir']}: "
+              + ", ".join(f"{name} {count}" for name, count in summary["counts"].items()))
+        print(f"next: raresynth review add-reader {args.study_dir} NAME")
+    elif args.review_command == "add-reader":
+        token = review.add_reader(args.study_dir, args.name)
+        print(f"{args.url.rstrip('/')}/r/{token}")
+    elif args.review_command == "serve":
+        from .review.app import links
+
+        print(f"serving {args.study_dir} on http://{args.host}:{args.port}; admin page: {links(args.study_dir, args.host, args.port)['admin']}",
+              flush=True)
+        review.serve(args.study_dir, host=args.host, port=args.port)
+    else:
+        out, results = review.write_results(args.study_dir)
+        overall = results["overall"]
+        print(f"{overall['answers']} answers: accuracy {overall['accuracy']:.3f} (p {overall['p_value']:.3g}), "
+              f"AUC {overall['auc'] if overall['auc'] is None else round(overall['auc'], 3)}; wrote {out}/results.md")
+    return 0
+
+
 COMMANDS = {"plugins": cmd_plugins, "train": cmd_train, "sample": cmd_sample, "data": cmd_data, "bench": cmd_bench,
-            "audit": cmd_audit}
+            "audit": cmd_audit, "review": cmd_review}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,3 +31,14 @@ def test_every_builtin_plugin_has_an_entry_point():
     entry_points = pyproject["project"]["entry-points"]["raresynth"]
     plugin_dirs = {p.name for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists()}
     assert {value.rsplit(".", 1)[1] for value in entry_points.values()} == plugin_dirs
+
+
+def test_the_review_app_ships_its_templates_and_assets():
+    from fnmatch import fnmatch
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["raresynth.review"]
+    review = ROOT / "core" / "review"
+    files = [p.relative_to(review).as_posix() for folder in ("templates", "static") for p in (review / folder).rglob("*") if p.is_file()]
+    assert len(files) >= 6
+    assert [f for f in files if not any(fnmatch(f, pattern) for pattern in patterns)] == []
