@@ -31,7 +31,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ..errors import RaresynthError
 from ..files import atomic_path, write_text_atomic
@@ -39,6 +39,7 @@ from ..evaluation.references import COPIES, LABELS, NOISE, REAL, REFERENCES
 from ..evaluation.statistics import RunValue, cell_interval, compare, score
 
 REPORT_FILE = "report.md"
+HTML_FILE = "report.html"
 CSV_FILE = "results.csv"
 PLOTS_DIR = "plots"
 TRAIN_TIME_PLOT = "train_time"
@@ -697,6 +698,20 @@ def _samples_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _pairs_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
+    shown = [(v, v["memorization_pairs"]) for v in variants if v.get("memorization_pairs")]
+    if not shown:
+        return []
+    lines = ["## Memorization: closest pairs", "", "Each row: synthetic images beside their nearest training image, nearest "
+             "first (the memorization audit's grids of the variant's first seed). Look for copies here before trusting any number."]
+    for variant, grids in shown:
+        lines += ["", f"### {_md(_label(variant))}"]
+        for grid in grids:
+            space = Path(grid).name.removeprefix("memorization_").removesuffix("_pairs.png")
+            lines += ["", f"![{_md(_label(variant))}: closest pairs in {_md(space)} space]({_link(grid)})"]
+    return lines
+
+
 def _problems_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = []
     for variant in variants:
@@ -735,6 +750,7 @@ def render_report(results: Mapping[str, Any], plots: Sequence[tuple[str, str]] =
         _settings_section(variants),
         _plots_section(plots),
         _samples_section(variants),
+        _pairs_section(variants),
         _problems_section(variants),
         _notes_section(results),
     ]
@@ -783,5 +799,54 @@ def write_report(results: dict, out_dir: Path) -> Path:
     write_text_atomic(out_dir / CSV_FILE, table.getvalue())
     plots = write_plots(results, out_dir)
     report = out_dir / REPORT_FILE
-    write_text_atomic(report, render_report(results, plots))
+    text = render_report(results, plots)
+    write_text_atomic(report, text)
+    write_text_atomic(out_dir / HTML_FILE, render_html(text, out_dir, str(results.get("name") or "benchmark")))
     return report
+
+
+# ---------------------------------------------------------------------------
+# report.html: the same report, one self-contained file
+# ---------------------------------------------------------------------------
+
+HTML_STYLE = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; margin: 0 auto; padding: 1rem;
+       max-width: 72rem; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2rem; margin-top: 2rem; }
+.table { overflow-x: auto; margin: .6rem 0; }
+table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d0d0d0; padding: .25rem .5rem; text-align: left; white-space: nowrap; }
+th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
+img { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #e0e0e0; }
+code { background: #f3f3f3; padding: 0 .2rem; border-radius: 3px; }
+@media print { body { max-width: none; font-size: 11px; } h2 { break-after: avoid; } img, table { break-inside: avoid; } .table { overflow: visible; } }
+"""
+
+
+def render_html(markdown_text: str, out_dir: Path, title: str) -> str:
+    """``report.md`` as one self-contained HTML page: images inlined as data URIs, readable on a phone, printable.
+
+    A missing image is shown as its alt text with a note, never as a broken link to a file
+    the page cannot reach.
+    """
+    import base64
+    import html
+
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    body = body.replace("<table>", '<div class="table"><table>').replace("</table>", "</table></div>")
+
+    def inline(match: re.Match) -> str:
+        alt, source = match.group(1), match.group(2)
+        path = out_dir / unquote(html.unescape(source))
+        if source.startswith(("data:", "http:", "https:")) or not path.is_file():
+            return f'<em>[{alt}: image not found]</em>'
+        encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f'<img alt="{alt}" src="data:image/png;base64,{encoded}">'
+
+    body = re.sub(r'<img alt="([^"]*)" src="([^"]*)"\s*/?>', inline, body)
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>{html.escape(title)} - raresynth benchmark</title>\n<style>{HTML_STYLE}</style>\n</head>\n<body>\n"
+            f"{body}\n</body>\n</html>\n")

@@ -464,6 +464,7 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
             "regularizers": [_describe_ref(ref) for ref in variant.config.get("regularizers", [])],
             "settings": variant.settings, "batch_size": first.batch_size, "precision": first.precision,
             "sample_options": variant.sample, "grid": grids.get(variant.name), "runs": entries,
+            "memorization_pairs": _pair_grids(out_dir, runs, records, variant.name),
         })
     if references:
         for name, info in catalog.items():
@@ -496,6 +497,15 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
     }
     results["comparisons"] = comparisons(results)
     return results
+
+
+def _pair_grids(out_dir: Path, runs: Sequence[PlannedRun], records: Mapping[tuple[str, int], dict[str, Any]], name: str) -> list[str]:
+    """The memorization audit's closest-pair grids of the variant's first measured run, relative to out_dir."""
+    for run in runs:
+        if records[(name, run.seed)]["status"] == "done" and records[(name, run.seed)]["values"]:
+            found = sorted((run.run_dir / "metrics").glob("memorization_*_pairs.png"))
+            return [str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p) for p in found]
+    return []
 
 
 def _describe_ref(ref: Mapping[str, Any]) -> str:
