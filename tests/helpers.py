@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -76,3 +77,25 @@ def noisy(image_set: ImageSet, sigma: float, seed: int = 1) -> ImageSet:
 
 def values(m, data, synthetic) -> dict[str, float]:
     return {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)}
+
+
+# -- a real headless browser: Debian's Chromium driven by Selenium through chromium-driver ------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+NO_BROWSER = "no Chromium browser: apt-get install chromium chromium-driver (.ci/run does)"
+
+
+def headless_chromium(window: str = "1100,800", timeout: float = 30):
+    """A headless Chromium (Selenium WebDriver) with page and script timeouts; the caller quits it."""
+    from selenium import webdriver
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", f"--window-size={window}",
+                     "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(timeout)
+    driver.set_script_timeout(timeout)
+    return driver

@@ -379,7 +379,6 @@ def test_a_noise_like_model_is_never_crowned_and_reference_rows_are_shown(tmp_pa
     assert fidelity_position(results, rows[0]) == pytest.approx(gan_position)
     assert fidelity_position(results, rows[1]) == pytest.approx(noisy_position) and noisy_position < 0.5 < gan_position
     text = write_report(results, tmp_path).read_text()
-    tables = {table[0][1] if table[0][0] == "variant" else table[0][0]: table for table in results_tables(text)}
     overview = results_tables(text)[0]
     assert overview[0][-1] == "fidelity (noise 0, real 1)"
     assert overview[2][-1] == format_number(gan_position) and overview[3][-1].endswith("⚠ noise-like")

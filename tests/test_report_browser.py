@@ -7,12 +7,10 @@ import shutil
 import pytest
 import yaml
 
+from helpers import CHROMEDRIVER, CHROMIUM, NO_BROWSER, headless_chromium
 from raresynth.bench import prepare_benchmark, run_benchmark
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no Chromium browser: apt-get install chromium chromium-driver (.ci/run does)")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install -e '.[review]'")
 from selenium.webdriver.common.by import By  # noqa: E402
 
@@ -39,14 +37,8 @@ def test_report_html_is_self_contained_and_every_image_loads(tmp_path, registry,
     assert images_in_markdown >= 5  # plots, train time, two sample grids, closest-pair grids
     assert "## Memorization: closest pairs" in markdown and "*real (held-out)* (reference)" in markdown
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=420,900",
-                     "--no-first-run", "--disable-extensions", "--disable-background-networking"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    driver = headless_chromium(window="420,900")  # a phone's width
     try:
-        driver.set_page_load_timeout(30)
         moved = tmp_path / "elsewhere" / "report.html"  # the file alone, away from its folder: nothing may depend on it
         moved.parent.mkdir()
         shutil.copy(out / "report.html", moved)

@@ -14,18 +14,15 @@ installs them).
 from __future__ import annotations
 
 import math
-import shutil
 import sqlite3
 import threading
 
 import pytest
 
+from helpers import CHROMEDRIVER, CHROMIUM, NO_BROWSER, headless_chromium
 from review_helpers import ProcessServer, key, png_chunks, request, stored_answers, tiny_run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                                reason="no Chromium browser: apt-get install chromium chromium-driver (.ci/run does)")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install -e '.[review]'")
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -36,15 +33,7 @@ TIMEOUT = 30  # seconds for any one page to load or change
 
 
 def make_browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1100,800",
-                     "--no-first-run", "--disable-extensions", "--disable-background-networking"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(TIMEOUT)
-    driver.set_script_timeout(TIMEOUT)
-    return driver
+    return headless_chromium(timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
