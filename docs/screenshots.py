@@ -8,6 +8,11 @@ the point, not the images), serves it on 127.0.0.1, answers a few images as a re
 saves ``review-reader.png`` (the reader page mid-study), ``review-admin.png`` (progress per
 reader) and ``review-error.png`` (an answer sent twice). Needs ``chromium`` and
 ``chromedriver`` (``apt-get install chromium chromium-driver``) and the ``review`` extra.
+
+    .venv/bin/python docs/screenshots.py --report runs/bench/default/report.html
+
+instead screenshots a benchmark's ``report.html`` (after ``make demo``): ``report.png`` (the top
+of the page at a laptop's width) and ``report-phone.png`` (at a phone's width).
 """
 
 from __future__ import annotations
@@ -89,5 +94,24 @@ def main() -> None:
         print(f"wrote {OUT / name}")
 
 
+def report_screenshots(report: Path) -> None:
+    from helpers import headless_chromium
+
+    for name, window, height in (("report.png", "1200,900", 2600), ("report-phone.png", "420,900", 2000)):
+        driver = headless_chromium(window=window)
+        try:
+            driver.get(Path(report).resolve().as_uri())
+            width = int(window.split(",")[0])
+            driver.set_window_size(width, height)
+            driver.save_screenshot(str(OUT / name))
+        finally:
+            driver.quit()
+        print(f"wrote {OUT / name}")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        OUT.mkdir(parents=True, exist_ok=True)
+        report_screenshots(Path(sys.argv[2]))
+    else:
+        main()
