@@ -157,6 +157,10 @@ class PluginRef(pydantic.BaseModel):
 
 class BudgetConfig(_Strict):
     kimg: float = Field(gt=0)  # thousands of real images shown to the generator
+    # Also stop after this many minutes of training (summed over resumed sessions), whichever comes
+    # first: an equal wall-clock budget for backends of different speed. It depends on the machine:
+    # the kimg reached is recorded, and a benchmark's report shows it.
+    minutes: float | None = Field(None, gt=0)
 
 
 class ScheduleConfig(_Strict):

@@ -71,6 +71,7 @@ class Progress:
     nimg: int = 0
     step: int = 0  # optimizer steps taken (one per batch)
     total_kimg: float = 0.0
+    train_seconds: float = 0.0  # wall-clock seconds of training so far, over resumed sessions
 
     @property
     def kimg(self) -> float:

@@ -419,3 +419,28 @@ def test_a_relative_data_source_is_relative_to_the_benchmark_file(tmp_path, regi
     assert results["data"]["source"] == str(tmp_path / "data")
     assert results["data"]["format"] == "nifti" and results["data"]["num_train"] > 0 and results["data"]["num_held_out"] > 0
     assert runs_of(results)[("toy", 0)]["status"] == "done"
+
+
+def test_an_equal_wall_clock_budget_stops_every_run_on_time_and_counts_as_done(tmp_path, registry, monkeypatch, one_thread):
+    """budget.minutes: each run stops when its training time is spent, the kimg reached is reported, nothing retrains."""
+    path = write_benchmark(tmp_path, variants={"toy": {"generator": "toy"}}, seeds=[0])
+    config = yaml.safe_load(path.read_text())
+    config["base"]["budget"] = {"kimg": 500, "minutes": 0.02}  # 1.2 s of training: far from 500 kimg
+    config["base"]["schedule"].update(tick_kimg=0.008, snapshot_kimg=1000)
+    path.write_text(yaml.safe_dump(config))
+    results = run(path, registry)
+    record = runs_of(results)[("toy", 0)]
+    assert record["status"] == "done" and 0 < record["kimg"] < 500
+    lines = [json.loads(line) for line in (tmp_path / "out" / record["run_dir"] / "log.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_seconds"] >= 1.2 and all(line["train_seconds"] < 1.2 for line in lines[:-1])
+    assert round(lines[-1]["kimg"] * 1000) == round(record["kimg"] * 1000)  # the last checkpoint is where it stopped
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "500 kimg or 0.02 minutes of training per run, whichever came first" in report
+    trains = count_calls(monkeypatch, "train")
+    run(path, registry)
+    assert trains == []  # stopped by its clock: done, not resumed
+    # more minutes: the run continues from where it stopped
+    config["base"]["budget"]["minutes"] = 0.04
+    path.write_text(yaml.safe_dump(config))
+    again = runs_of(run(path, registry))[("toy", 0)]
+    assert len(trains) == 1 and trains[0]["resume"] is True and again["kimg"] > record["kimg"]

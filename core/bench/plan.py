@@ -318,7 +318,19 @@ def _must_match(key: str) -> bool:
     The budget may grow (runs continue), and the schedule (logging, snapshots, grids)
     does not change what is learned; everything else does, so a change is refused.
     """
-    return key not in ("budget.kimg", "run_dir") and not key.startswith("schedule.")
+    return key not in ("budget.kimg", "budget.minutes", "run_dir") and not key.startswith("schedule.")
+
+
+def _out_of_time(run_dir: Path, nimg: int, minutes: float | None) -> bool:
+    """Whether the run stopped at ``nimg`` because its ``budget.minutes`` ran out (its log says so)."""
+    if not minutes:
+        return False
+    try:
+        lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return False
+    seconds = [float(line["train_seconds"]) for line in lines if "train_seconds" in line and round(float(line.get("kimg", 0)) * 1000) <= nimg]
+    return bool(seconds) and seconds[-1] >= minutes * 60
 
 
 def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:
@@ -345,4 +357,6 @@ def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:
     nimg = ckpt.checkpoint_nimg(checkpoints[-1])
     if nimg >= int(round(run.config.budget.kimg * 1000)):
         return "done", f"{nimg / 1000:g} kimg"
+    if _out_of_time(run_dir, nimg, run.config.budget.minutes):
+        return "done", f"{nimg / 1000:g} kimg in {run.config.budget.minutes:g} minutes"
     return "resume", f"from {nimg / 1000:g} kimg"

@@ -232,7 +232,7 @@ def summarize(results: dict) -> list[dict]:
             interval = cell_interval(_run_samples(variant, name)) if numbers else None
             values[name] = {"mean": mean, "std": std, "n": len(numbers), "interval": interval}
         row = {"variant": variant["name"], "label": _label(variant), "runs": runs, "total_runs": len(variant["runs"]), "values": values}
-        for key in ("train_seconds", "img_per_s", "peak_mem_gib"):
+        for key in ("train_seconds", "img_per_s", "peak_mem_gib", "kimg"):
             row[key] = _mean_std(_seed_field(variant, key))[0]
         rows.append(row)
     return rows
@@ -477,6 +477,9 @@ def _overview(results: Mapping[str, Any]) -> str:
     parts.append("classes: " + ", ".join(map(_md, classes)) if classes else "unlabelled")
     text = "; ".join(parts) + "."
     run_parts = [f"Budget {results['budget_kimg']:g} kimg per run"] if results.get("budget_kimg") is not None else []
+    if run_parts and results.get("budget_minutes"):
+        run_parts = [f"Budget {results['budget_kimg']:g} kimg or {results['budget_minutes']:g} minutes of training per run, whichever "
+                     "came first (an equal wall-clock budget: the kimg each variant reached is in the table)"]
     seeds = results.get("seeds") or sorted({run["seed"] for v in _variants(results) for run in v["runs"]})
     run_parts.append(f"seeds {', '.join(map(str, seeds))}")
     if results.get("synthetic_images"):
@@ -501,16 +504,18 @@ def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos:
     show_memory = extra and any(row.get("peak_mem_gib") is not None for row in rows)  # GPU runs report it, CPU runs do not
     positions = {i: fidelity_position(results or {}, row) for i, row in enumerate(rows) if not row.get("reference")} if extra else {}
     show_position = any(p is not None for p in positions.values())
-    header += (["runs", "train time", "img/s"] + (["peak mem"] if show_memory else []) + (["fidelity (noise 0, real 1)"] if show_position else [])
-               if extra else [])
+    show_kimg = extra and bool((results or {}).get("budget_minutes"))
+    header += (["runs", "train time", "img/s"] + (["kimg"] if show_kimg else []) + (["peak mem"] if show_memory else [])
+               + (["fidelity (noise 0, real 1)"] if show_position else []) if extra else [])
     best = {name: _best_rows(rows, name, infos[name], results) for name in names}
     body = []
     for i, row in enumerate(rows):
         cells = [_row_label(row)] + [_cell(row["values"][n], i in best[n], bool(row.get("reference"))) for n in names]
         if extra and row.get("reference"):
-            cells += ["reference", "—", "—"] + (["—"] if show_memory else []) + (["—"] if show_position else [])
+            cells += ["reference", "—", "—"] + (["—"] if show_kimg else []) + (["—"] if show_memory else []) + (["—"] if show_position else [])
         elif extra:
             cells += [_runs_cell(row), format_duration(row["train_seconds"]), format_number(row["img_per_s"])]
+            cells += [format_number(row["kimg"])] if show_kimg else []
             cells += [f"{format_number(row['peak_mem_gib'])} GiB" if row["peak_mem_gib"] is not None else "—"] if show_memory else []
             if show_position:
                 position = positions[i]

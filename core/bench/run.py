@@ -485,6 +485,7 @@ def collect_results(benchmark: Benchmark, dataset: Dataset, data_id: str, refs: 
                  "channels": spec.channels, "class_names": list(spec.class_names), "num_train": len(dataset.train),
                  "num_held_out": len(dataset.held_out), "split_id": data_id},
         "budget_kimg": benchmark.runs[0].config.budget.kimg,
+        "budget_minutes": benchmark.runs[0].config.budget.minutes,
         "seeds": list(config.seeds),
         "synthetic_images": config.synthetic_images or len(dataset.train),
         "sampling_seed": config.sampling_seed,

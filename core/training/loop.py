@@ -173,7 +173,7 @@ def training_state(generator: Generator, progress: Progress) -> dict[str, Any]:
     return {
         "generator": generator.state_dict(),
         "regularizers": [reg.state_dict() for reg in generator.regularizers],
-        "progress": {"nimg": progress.nimg, "step": progress.step},
+        "progress": {"nimg": progress.nimg, "step": progress.step, "train_seconds": progress.train_seconds},
     }
 
 
@@ -192,6 +192,7 @@ def restore_training_state(generator: Generator, state: Mapping[str, Any], progr
                           "use a checkpoint this run wrote") from None
     progress.nimg = int(state["progress"]["nimg"])
     progress.step = int(state["progress"]["step"])
+    progress.train_seconds = float(state["progress"].get("train_seconds", 0.0))  # absent in checkpoints from before budget.minutes
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
@@ -304,8 +305,11 @@ def _train(config: RunConfig, accelerator: Accelerator, registry: Registry, run_
     tick_sums: dict[str, torch.Tensor | float] = {}
     tick_steps, tick_start_nimg, tick_start_time = 0, progress.nimg, time.perf_counter()
     last_checkpoint_nimg = progress.nimg if resume else -1
+    seconds_limit = config.budget.minutes * 60 if config.budget.minutes else math.inf
+    session_start, seconds_before = time.perf_counter(), progress.train_seconds
+    out_of_time = progress.train_seconds >= seconds_limit
     try:
-        while progress.nimg < total_nimg:
+        while progress.nimg < total_nimg and not out_of_time:
             seed_step(config.seed, rank, progress.step)
             stats = generator.train_step(sampler.batch(progress.nimg), progress)
             for key, value in stats.items():  # summed where they live: no copy, no wait
@@ -315,12 +319,18 @@ def _train(config: RunConfig, accelerator: Accelerator, registry: Registry, run_
             before = progress.nimg
             progress.nimg += config.batch_size
             progress.step += 1
-            done = progress.nimg >= total_nimg
-            if done or progress.nimg // tick_nimg > before // tick_nimg:
+            progress.train_seconds = seconds_before + time.perf_counter() - session_start
+            tick_ends = progress.nimg // tick_nimg > before // tick_nimg
+            if tick_ends and seconds_limit < math.inf:  # checked per tick, agreed by all ranks: they stop at the same step
+                out_of_time = bool(accelerator.reduce(torch.tensor([float(progress.train_seconds >= seconds_limit)], device=accelerator.device),
+                                                      reduction="max").item()) if world > 1 else progress.train_seconds >= seconds_limit
+            done = progress.nimg >= total_nimg or out_of_time
+            if done or tick_ends:
                 line = reduce_tick_stats(accelerator, tick_sums, tick_steps)  # waits for the device: time after it
                 elapsed = time.perf_counter() - tick_start_time
                 shown = progress.nimg - tick_start_nimg
-                line = {"kimg": round(progress.kimg, 3), "step": progress.step, "processes": world, "img_per_s": shown / max(elapsed, 1e-9),
+                line = {"kimg": round(progress.kimg, 3), "step": progress.step, "processes": world, "train_seconds": round(progress.train_seconds, 3),
+                        "img_per_s": shown / max(elapsed, 1e-9),
                         "sec_per_kimg": elapsed / max(shown / 1000, 1e-9), **line, **memory_stats(accelerator)}
                 check_finite_stats(line, run)
                 logger.log(line)
