@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import skimage.data
 from PIL import Image
@@ -101,7 +100,7 @@ def test_truncated_dicom(tmp_path, registry):
 
 
 def test_compressed_dicom_without_a_decoder(registry, monkeypatch):
-    import raresynth.plugins.formats.dicom as dicom
+    from raresynth.plugins.formats import dicom
 
     class Unavailable:  # as pydicom reports a transfer syntax whose decoder package is not installed
         is_available = False

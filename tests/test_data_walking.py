@@ -182,3 +182,19 @@ def test_an_animated_gif_renamed_png_is_refused(tmp_path, registry, crops):
         load_dataset(DataConfig(source=str(source), resolution=16), registry)
     dataset = load_dataset(DataConfig(source=str(source), resolution=16, on_bad_file="skip"), registry)
     assert [record_id for record_id, _ in dataset.skipped] == ["c1/movie.png"]
+
+
+def test_labels_csv_in_a_benchmark_is_relative_to_the_benchmark_file(tmp_path, monkeypatch):
+    from raresynth.bench.plan import load_benchmark
+
+    project = tmp_path / "project"
+    project.mkdir()
+    path = project / "bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "out_dir": "out", "seeds": [0], "metrics": ["mean_gap"],
+        "base": {"data": {"source": "d", "labels": "labels.csv"}, "budget": {"kimg": 1}},
+        "variants": {"toy": {"generator": {"name": "toy"}}},
+    }))
+    monkeypatch.chdir(tmp_path)
+    data = load_benchmark(path).base["data"]
+    assert (data["source"], data["labels"]) == (str(project / "d"), str(project / "labels.csv"))

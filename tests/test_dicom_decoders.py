@@ -11,12 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from medical_files import PYDICOM_FILES
 from raresynth import DataError, Record
 from raresynth.config import DataConfig
 from raresynth.data import load_dataset
 from raresynth.registry import load_plugins
-
-from medical_files import PYDICOM_FILES
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +79,7 @@ def test_a_file_no_installed_decoder_decodes_names_its_transfer_syntax(registry)
 
 def test_a_missing_decoder_names_the_package(registry, monkeypatch):
     """As if pylibjpeg-libjpeg were not installed: pydicom finds no JPEG-LS decoder."""
-    import raresynth.plugins.formats.dicom as dicom
+    from raresynth.plugins.formats import dicom
 
     class Unavailable:
         is_available = False

@@ -84,7 +84,7 @@ def test_weights_that_are_not_a_state_dict(tmp_path):
 
 
 def test_the_full_sha256_is_checked_not_a_prefix(tmp_path, monkeypatch):
-    import raresynth.evaluation.features as features
+    from raresynth.evaluation import features
 
     known = KNOWN_WEIGHTS["inception-v3-compat"]
     assert len(known.sha256) == 64 and known.filename.endswith(f"-{known.sha256[:8]}.pth")
