@@ -198,3 +198,17 @@ def test_labels_csv_in_a_benchmark_is_relative_to_the_benchmark_file(tmp_path, m
     monkeypatch.chdir(tmp_path)
     data = load_benchmark(path).base["data"]
     assert (data["source"], data["labels"]) == (str(project / "d"), str(project / "labels.csv"))
+
+
+def test_an_unreadable_file_is_reported_not_read(tmp_path, registry, crops, monkeypatch):
+    """``chmod 000`` (as root, which reads anything, the permission check is simulated)."""
+    from raresynth.plugins.formats import _files
+
+    source = class_folders(tmp_path / "d", crops)
+    locked = source / "c1" / "1.png"
+    locked.chmod(0)
+    if os.geteuid() == 0:
+        monkeypatch.setattr(_files.os, "access", lambda path, mode: Path(path) != locked)
+    dataset = load_dataset(DataConfig(source=str(source), resolution=16), registry)
+    assert all_ids(dataset) == ["c1/0.png", "c2/2.png", "c2/3.png"]
+    assert dataset.skipped == [("c1/1.png", f"{locked}: not readable (permission denied)")]
