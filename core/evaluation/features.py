@@ -23,7 +23,8 @@ them the same building blocks, so that every metric sees an image the same way:
       registered with ``torch_fidelity.register_feature_extractor``)
       with its weights read from a local file (:func:`resolve_weights`): raresynth
       never downloads weights. A missing file is an error that says which file, its
-      checksum, where to get it and where to put it.
+      checksum, where to get it and where to put it. The file is checked against its
+      full sha256 and read as tensors only (:func:`load_weights`), never unpickled.
 
 * :class:`FeatureCache` - features keyed by (sha256 of the image tensor, embedding id,
   preprocessing id), in memory and on disk as safetensors (no pickles). A benchmark
