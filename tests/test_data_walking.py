@@ -212,3 +212,13 @@ def test_an_unreadable_file_is_reported_not_read(tmp_path, registry, crops, monk
     dataset = load_dataset(DataConfig(source=str(source), resolution=16), registry)
     assert all_ids(dataset) == ["c1/0.png", "c2/2.png", "c2/3.png"]
     assert dataset.skipped == [("c1/1.png", f"{locked}: not readable (permission denied)")]
+
+
+def test_an_animated_png_in_a_synthetic_folder_is_refused(tmp_path, crops):
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    Image.fromarray(crops[0]).save(folder / "0.png")
+    frames = [Image.fromarray(crop) for crop in crops[1:]]
+    frames[0].save(folder / "1.png", format="PNG", save_all=True, append_images=frames[1:])  # APNG, 3 frames
+    with pytest.raises(DataError, match=r"1\.png: an animated PNG image with 3 frames; give still images"):
+        load_image_folder(folder, resolution=16, channels=3)

@@ -43,7 +43,7 @@ def read_image(path: Path, resolution: int, channels: int, upscale: bool = False
 
     try:
         with Image.open(path) as image:
-            if getattr(image, "n_frames", 1) > 1:
+            if getattr(image, "n_frames", 1) > 1 and image.format in ("GIF", "PNG", "WEBP"):  # animated, not a camera's MPO
                 raise DataError(f"{path}: an animated {image.format} image with {image.n_frames} frames; give still images")
             if image.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I"):
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")

@@ -20,6 +20,7 @@ from ._files import iter_files, one_line, relative_id, require_nonempty, skipped
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # Pillow's names of formats with animation
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF
 
 # Pillow modes read as they are; every other mode is converted to the one named here.
@@ -134,7 +135,9 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             frames = getattr(image, "n_frames", 1)
-            if frames > 1:  # an animated GIF / PNG (perhaps renamed): which frame is the image is not ours to guess
+            # An animated GIF / PNG / WebP (perhaps renamed): which frame is the image is not ours to guess. (A
+            # camera's MPO JPEG also has several frames, the first the photo: read as before.)
+            if frames > 1 and image.format in ANIMATED_FORMATS:
                 raise DataError(f"{path}: an animated {image.format} image with {frames} frames; raresynth reads still images: "
                                 "save the frame you want as its own file")
             image.load()
