@@ -424,7 +424,7 @@ def resolve_weights(extractor: str, weights_path: str | None, verify: bool = Tru
         digest = file_sha256(found)
         if digest != known.sha256:
             raise ConfigError(f"{field}: {found} is not the expected {known.filename}: its sha256 is {digest}, expected "
-                              f"{known.sha256}; download it again from {known.url} (for weights you converted yourself, "
+                              f"{known.sha256} ({found.stat().st_size} bytes, expected {known.size}); download it again from {known.url} (for weights you converted yourself, "
                               "pin their digest with weights_sha256, or set verify_weights: false)")
     return found
 
@@ -512,6 +512,7 @@ class TorchFidelityEmbedding(Embedding):
         if self.layer not in cls.get_provided_features_list():
             raise ConfigError(f"feature_layer: '{self.layer}' is not a layer of '{name}'; it provides {', '.join(cls.get_provided_features_list())}")
         self.path = resolve_weights(name, weights_path, verify_weights, sha256=weights_sha256)
+        self._verify, self._sha256 = verify_weights, weights_sha256
         self.name, self.tag = name, TAGS.get(name, re.sub(r"\W", "_", name))
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -527,6 +528,7 @@ class TorchFidelityEmbedding(Embedding):
 
             kwargs: dict = {"verbose": False}
             if self.path is not None:
+                resolve_weights(self.name, str(self.path), self._verify, sha256=self._sha256)  # unchanged since checked?
                 state = load_weights(self.path)  # refuses pickled code before any extractor sees the file
                 if _class_name(_torch_fidelity_registry()[self.name]) in STATE_DICT_EXTRACTORS:
                     # torch-fidelity calls torch.load(weights_only=False) on what it is given: give it the
