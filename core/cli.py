@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RaresynthError
+from .errors import DataError, RaresynthError
 from .registry import (
     PLUGINS_ENV,
     Registry,
@@ -211,7 +211,11 @@ def cmd_data(args: argparse.Namespace, registry: Registry) -> int:
 
     options = apply_overrides({}, args.option)
     report = inspect_source(args.path, format=args.format, registry=registry, options=options, labels=args.labels, group_by=args.group_by)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else report.to_text())
+    text = json.dumps(report.to_dict(), indent=1) if args.json else report.to_text()
+    print(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # a file name that is not UTF-8 prints, as U+FFFD
+    if report.num_readable == 0:  # the report above says why; a script must not take this source for usable
+        first = f"; first problem: {report.problems[0][1]}" if report.problems else ""
+        raise DataError(f"{args.path}: none of the {report.num_records} image(s) is readable{first}")
     return 0
 
 

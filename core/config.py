@@ -110,7 +110,7 @@ class DataConfig(_Strict):
     source: str | None = None  # file or folder; relative paths are relative to the config file
     resolution: int = 32  # square output size, a power of two
     channels: Literal[1, 3] = 1
-    labels: str = "auto"  # "auto" (what the format provides), "none", or a CSV file path
+    labels: str = "auto"  # "auto" (what the format provides), "none", or a CSV file (relative: to the config file)
     labels_file_column: str = "file"  # CSV column with the record id (path relative to source)
     labels_column: str = "label"  # CSV column with the class name
     fit: Literal["crop", "pad"] = "crop"  # non-square images: center-crop or pad to square
@@ -372,6 +372,11 @@ def validate_plugin_params(cls: type, options: Mapping[str, Any], field: str) ->
     return validate_params(cls.Params, options, field)
 
 
+def is_labels_file(labels: str) -> bool:
+    """Whether ``data.labels`` names a CSV file (not ``auto`` or ``none``)."""
+    return labels not in ("auto", "none")
+
+
 def load_config(
     source: str | Path | Mapping[str, Any],
     overrides: Sequence[str] = (),
@@ -379,8 +384,9 @@ def load_config(
 ) -> RunConfig:
     """Read, override and validate a run config; plugin options get their defaults.
 
-    ``source`` is a YAML file or a mapping. With a file, a relative ``data.source`` is
-    resolved against the file's folder, so a config works from any working directory.
+    ``source`` is a YAML file or a mapping. With a file, a relative ``data.source`` (and a
+    relative ``data.labels`` CSV) is resolved against the file's folder, so a config works
+    from any working directory.
     """
     if isinstance(source, Mapping):
         data, origin, base = dict(source), "config", None
@@ -396,6 +402,8 @@ def load_config(
         config.data.source = os.path.normpath(base / config.data.source)
     elif config.data.source and Path(config.data.source).is_absolute():
         config.data.source = os.path.normpath(config.data.source)  # the same folder, however it was spelt
+    if base is not None and is_labels_file(config.data.labels) and not Path(config.data.labels).expanduser().is_absolute():
+        config.data.labels = os.path.normpath(base / config.data.labels)  # like data.source: relative to the config file
     if registry is not None:
         try:
             config = resolve_plugins(config, registry)

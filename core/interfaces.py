@@ -172,6 +172,9 @@ class Record:
     group: str = ""  # records of one group (patient, volume) stay on one side of the split
     split: str | None = None  # "train" or "held_out" when the source fixes it
     meta: dict[str, Any] = field(default_factory=dict)
+    # Set when the format lists an entry no image can come from (a dangling link, a FIFO, a
+    # second path to a file already listed): the core never reads it and reports it as skipped.
+    skipped: str | None = None
 
 
 @dataclass

@@ -57,6 +57,7 @@ from ..config import (
     RunConfig,
     apply_overrides,
     format_validation_error,
+    is_labels_file,
     load_config,
     read_yaml,
     set_dotted,
@@ -157,9 +158,11 @@ def load_benchmark(path: str | Path, overrides: Sequence[str] = ()) -> Benchmark
     for key in ("seed", "run_dir", "metrics"):  # data and budget belong in base; these do not
         if key in config.base:
             raise ConfigError(f"{path}: base.{key}: not allowed in a benchmark; {SHARED_FIELDS[key]}")
-    source = config.base.get("data", {}).get("source") if isinstance(config.base.get("data"), Mapping) else None
-    if isinstance(source, str) and not Path(source).expanduser().is_absolute():
-        config.base["data"]["source"] = os.path.normpath(path.resolve().parent / source)
+    data_section = config.base.get("data") if isinstance(config.base.get("data"), Mapping) else {}
+    for key in ("source", "labels"):  # files named relative to the benchmark file
+        value = data_section.get(key)
+        if isinstance(value, str) and (key == "source" or is_labels_file(value)) and not Path(value).expanduser().is_absolute():
+            config.base["data"][key] = os.path.normpath(path.resolve().parent / value)
     return config
 
 

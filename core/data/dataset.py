@@ -65,11 +65,13 @@ def load_dataset(config: DataConfig, registry: Registry) -> Dataset:
     data_format = resolve_format(config, registry)
     format_name = _format_name(data_format, registry)
     source = Path(config.source).expanduser() if config.source else None
-    scanned = data_format.scan(source)
+    scanned, not_images = split_off_skipped(data_format.scan(source))
     if not scanned:
-        raise DataError(f"{source}: no images found (format {format_name}: {type(data_format).description})")
+        first = f"; left out: {not_images[0][1]}" if not_images else ""
+        raise DataError(f"{source}: no images found (format {format_name}: {type(data_format).description}){first}")
     _require_unique_ids(scanned, source, format_name)
     records, skipped = apply_labels(scanned, config)
+    skipped = not_images + skipped
     grouping = group_records(records, config, data_format, format_name)  # before reading: a bad group_by fails fast
     # One record after another: formats may cache (a DICOM file's frames, a NIfTI
     # volume) and need not be thread-safe.
@@ -108,6 +110,12 @@ def read_record(data_format: DataFormat, record: Record, format_name: str) -> Ra
         raise
     except Exception as exc:  # noqa: BLE001 - a plugin's bug or a library error must still name the file
         raise DataError(f"{describe_record(record)}: format '{format_name}' could not read it: {type(exc).__name__}: {exc}") from exc
+
+
+def split_off_skipped(records: list[Record]) -> tuple[list[Record], list[tuple[str, str]]]:
+    """The records to read, and ``(id, reason)`` of those the format listed as skipped (:attr:`Record.skipped`)."""
+    kept = [record for record in records if record.skipped is None]
+    return kept, [(record.id, f"{record.source}: {record.skipped}") for record in records if record.skipped is not None]
 
 
 def _format_name(data_format: DataFormat, registry: Registry) -> str:

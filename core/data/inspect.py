@@ -13,7 +13,7 @@ import pydantic
 from ..config import DataConfig, SplitConfig, format_validation_error
 from ..errors import DataError
 from ..registry import Registry, get_registry
-from .dataset import _format_name, read_record
+from .dataset import _format_name, read_record, split_off_skipped
 from .formats import resolve_format
 from .labels import _natural_key, apply_labels
 from .split import group_records
@@ -113,8 +113,9 @@ def inspect_source(
     config = DataConfig(format=format, source=str(source), labels=labels, format_options=options or {}, on_bad_file="skip", split=split)
     data_format = resolve_format(config, registry)
     format_name = _format_name(data_format, registry)
-    scanned = data_format.scan(Path(config.source).expanduser())
+    scanned, not_images = split_off_skipped(data_format.scan(Path(config.source).expanduser()))
     records, problems = apply_labels(scanned, config)
+    problems = not_images + problems
     sizes: Counter[str] = Counter()
     channels: Counter[int] = Counter()
     dtypes: Counter[str] = Counter()

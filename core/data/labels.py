@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import re
 from collections.abc import Iterable
 from dataclasses import replace
@@ -35,7 +37,7 @@ def apply_labels(records: list[Record], config: DataConfig) -> tuple[list[Record
                 "give every image a label (or set data.labels: none)"
             )
         return records, []
-    return _labels_from_csv(records, Path(config.labels), config)
+    return _labels_from_csv(records, Path(config.labels).expanduser(), config)
 
 
 def _labels_from_csv(records: list[Record], csv_path: Path, config: DataConfig) -> tuple[list[Record], list[tuple[str, str]]]:
@@ -71,7 +73,7 @@ def read_csv_column(path: Path, file_column: str, value_column: str, fix_column:
     """
     if not path.is_file():
         raise DataError(f"{path}: labels CSV not found (data.labels)")
-    with path.open(newline="", encoding="utf-8-sig") as file:
+    with io.StringIO(_utf8_text(path), newline="") as file:
         reader = csv.DictReader(file)
         columns = reader.fieldnames or []
         for column, fix in ((file_column, "set data.labels_file_column"), (value_column, fix_column)):
@@ -91,6 +93,19 @@ def read_csv_column(path: Path, file_column: str, value_column: str, fix_column:
             table[entry] = value
             line_of.setdefault(entry, line)
     return table
+
+
+def _utf8_text(path: Path) -> str:
+    """The CSV file's text: UTF-8, with or without a byte-order mark; a one-line DataError otherwise."""
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save the labels CSV as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8' export, or: iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def _normalize_id(entry: str) -> str:

@@ -83,11 +83,11 @@ def format_group(record: Record) -> str:
 
 def saved_group_key(key: str) -> str:
     """The hash of a group key that ``split.json`` holds (16 hex digits)."""
-    return hashlib.sha256(_SAVED_SALT + key.encode()).hexdigest()[:16]
+    return hashlib.sha256(_SAVED_SALT + key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _hashed(group_by: str, value: str) -> str:
-    return hashlib.sha256(_GROUP_SALT + f"{group_by}\0{value}".encode()).hexdigest()
+    return hashlib.sha256(_GROUP_SALT + f"{group_by}\0{value}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _column_groups(records: Sequence[Record], config: DataConfig, column: str) -> dict[str, str]:
@@ -206,7 +206,7 @@ def _majority_label(members: list[Record]) -> str:
 
 
 def _split_rank(seed: int, group: str) -> str:
-    return hashlib.sha256(f"{seed}\0{group}".encode()).hexdigest()
+    return hashlib.sha256(f"{seed}\0{group}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _held_out_count(groups: int, fraction: float) -> int:

@@ -13,6 +13,7 @@ from .features import (
     Embedding,
     PixelEmbedding,
     TorchFidelityEmbedding,
+    require_safe_extractor,
     resolve_weights,
     torch_fidelity_extractors,
 )
@@ -22,7 +23,7 @@ from .features import (
 
 def make_embedding(name: str, train: ImageSet | None = None, *, metric: str = "fid", layer: str | None = None,
                    weights_path: str | None = None, verify_weights: bool = True, domain: DomainEmbeddingParams | None = None,
-                   device: str = "auto", batch_size: int = 64, seed: int = 0) -> Embedding:
+                   device: str = "auto", batch_size: int = 64, seed: int = 0, weights_sha256: str | None = None) -> Embedding:
     """The embedding ``name`` names: ``pixels``, ``domain`` (trained on ``train``) or a torch-fidelity extractor.
 
     ``metric`` picks a torch-fidelity extractor's default layer (``fid``, ``kid``,
@@ -34,10 +35,10 @@ def make_embedding(name: str, train: ImageSet | None = None, *, metric: str = "f
         if train is None:
             raise ValueError("the domain embedding is trained on the training split: pass train")
         return domain_embedding(train, domain, device)
-    return TorchFidelityEmbedding(name, layer, metric, weights_path, verify_weights, device, batch_size, seed)
+    return TorchFidelityEmbedding(name, layer, metric, weights_path, verify_weights, device, batch_size, seed, weights_sha256)
 
 
-def check_embedding(name: str, weights_path: str | None = None, verify_weights: bool = True) -> None:
+def check_embedding(name: str, weights_path: str | None = None, verify_weights: bool = True, weights_sha256: str | None = None) -> None:
     """Fail early (:class:`ConfigError`) on an unknown embedding name or a missing weights file."""
     if name in (PIXELS, DOMAIN):
         return
@@ -45,7 +46,8 @@ def check_embedding(name: str, weights_path: str | None = None, verify_weights: 
     if name not in known:
         raise ConfigError(f"embedding: unknown '{name}'; choose '{DOMAIN}', '{PIXELS}' or a torch-fidelity extractor "
                           f"({', '.join(known)}), or register one with torch_fidelity.register_feature_extractor")
-    resolve_weights(name, weights_path, verify_weights)
+    require_safe_extractor(name)
+    resolve_weights(name, weights_path, verify_weights, sha256=weights_sha256)
 
 
 class EmbeddingParams(PluginParams):
@@ -55,7 +57,10 @@ class EmbeddingParams(PluginParams):
     feature_layer: str | None = Field(None, description="a torch-fidelity extractor's layer; default: torch-fidelity's for the metric")
     weights_path: str | None = Field(
         None, description="the extractor's weights file (or its folder); default: $RARESYNTH_WEIGHTS_DIR/<file name>")
-    verify_weights: bool = Field(True, description="check the weights file's sha256 against the expected one")
+    verify_weights: bool = Field(True, description="check the weights file's full sha256 against the published one (the file "
+                                 "is read as tensors only, never unpickled, either way)")
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$",
+                                       description="the full sha256 the weights file must have (pins a converted or custom file)")
     domain_embedding: DomainEmbeddingParams = DomainEmbeddingParams()
     device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     batch_size: int = Field(64, ge=1)
@@ -65,4 +70,4 @@ class EmbeddingParams(PluginParams):
         """The embedding these options describe (``name`` overrides ``embedding``)."""
         return make_embedding(name or self.embedding, train, metric=metric, layer=self.feature_layer, weights_path=self.weights_path,
                               verify_weights=self.verify_weights, domain=self.domain_embedding, device=self.device,
-                              batch_size=self.batch_size, seed=self.seed)
+                              batch_size=self.batch_size, seed=self.seed, weights_sha256=self.weights_sha256)

@@ -23,7 +23,8 @@ them the same building blocks, so that every metric sees an image the same way:
       registered with ``torch_fidelity.register_feature_extractor``)
       with its weights read from a local file (:func:`resolve_weights`): raresynth
       never downloads weights. A missing file is an error that says which file, its
-      checksum, where to get it and where to put it.
+      checksum, where to get it and where to put it. The file is checked against its
+      full sha256 and read as tensors only (:func:`load_weights`), never unpickled.
 
 * :class:`FeatureCache` - features keyed by (sha256 of the image tensor, embedding id,
   preprocessing id), in memory and on disk as safetensors (no pickles). A benchmark
@@ -44,10 +45,13 @@ pretrained weight files are looked for.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import pickle
 import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,26 +304,44 @@ class KnownWeights:
 
     filename: str
     url: str
-    sha256_prefix: str  # torch.hub's convention: the file name ends in the first hex digits of its sha256
+    sha256: str  # the whole digest; the file name ends in its first 8 hex digits (torch.hub's convention)
+    size: int  # bytes
     what: str
+
+    @property
+    def sha256_prefix(self) -> str:
+        return self.sha256[:8]
 
 
 #: The files behind torch-fidelity's two standard extractors (URLs as in torch-fidelity 0.4
 #: ``feature_extractor_inceptionv3.URL_INCEPTION_V3`` and torchvision's ``VGG16_Weights.IMAGENET1K_V1``).
+#: The full digests are the published files' (the same values are pinned by several
+#: independent projects; each begins with the 8 digits in the file name).
 KNOWN_WEIGHTS: dict[str, KnownWeights] = {
     "inception-v3-compat": KnownWeights(
         filename="weights-inception-2015-12-05-6726825d.pth",
         url="https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-        sha256_prefix="6726825d",
+        sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+        size=95_628_359,
         what="InceptionV3 (TensorFlow FID port, torch-fidelity 'inception-v3-compat')",
     ),
     "vgg16": KnownWeights(
         filename="vgg16-397923af.pth",
         url="https://download.pytorch.org/models/vgg16-397923af.pth",
-        sha256_prefix="397923af",
+        sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        size=553_433_881,
         what="VGG16 ImageNet (torchvision IMAGENET1K_V1, torch-fidelity 'vgg16')",
     ),
 }
+
+#: torch-fidelity extractors whose class takes a plain state dict (``torch.load`` of the
+#: weights file, then ``load_state_dict``): raresynth loads the file itself and hands them
+#: the verified tensors. The others (CLIP: ``torch.jit.load``, TorchScript code; DINOv2:
+#: ``torch.hub.load``, code from GitHub) run code from their weights and are refused.
+STATE_DICT_EXTRACTORS = frozenset({
+    "torch_fidelity.feature_extractor_inceptionv3.FeatureExtractorInceptionV3",
+    "torch_fidelity.feature_extractor_vgg16.FeatureExtractorVGG16",
+})
 
 #: Short tags used in metric value names.
 TAGS = {"inception-v3-compat": "inception", "vgg16": "vgg16", PIXELS: PIXELS, DOMAIN: DOMAIN}
@@ -367,14 +389,19 @@ def missing_weights_message(extractor: str, candidates: list[Path], field: str =
     weights_dir = os.environ.get(WEIGHTS_ENV)
     where = f"${WEIGHTS_ENV} (now {weights_dir})" if weights_dir else f"the folder ${WEIGHTS_ENV} names (unset now)"
     return (f"{field}: weights file {known.filename} for feature extractor '{extractor}' not found "
-            f"({known.what}; sha256 begins with {known.sha256_prefix}). raresynth never downloads weights: download it once "
+            f"({known.what}; sha256 {known.sha256}). raresynth never downloads weights: download it once "
             f"on a machine with internet access from {known.url} and put it into {where}, or set {field} to its path. "
             f"Looked in: {looked}")
 
 
-def resolve_weights(extractor: str, weights_path: str | None, verify: bool = True, field: str = "weights_path") -> Path | None:
-    """The local weights file for a torch-fidelity extractor, checked against its checksum.
+def resolve_weights(extractor: str, weights_path: str | None, verify: bool = True, field: str = "weights_path",
+                    sha256: str | None = None) -> Path | None:
+    """The local weights file for a torch-fidelity extractor, checked against its full sha256.
 
+    The expected digest is ``sha256`` (``weights_sha256``: pins any file, e.g. weights
+    converted to safetensors) or, for torch-fidelity's standard extractors, the published
+    file's (:data:`KNOWN_WEIGHTS`); ``verify=False`` skips the check. Either way the file
+    is only ever read as tensors (:func:`load_weights`), never unpickled.
     Returns ``None`` for an extractor that is not one of torch-fidelity's own and got
     no ``weights_path`` (a custom extractor that builds its own weights). Raises
     :class:`ConfigError` when a file is needed and missing, or does not match.
@@ -388,13 +415,49 @@ def resolve_weights(extractor: str, weights_path: str | None, verify: bool = Tru
     if found is None:
         raise ConfigError(missing_weights_message(extractor, candidates, field))
     known = KNOWN_WEIGHTS.get(extractor)
-    if verify and known is not None:
+    if sha256 is not None:
         digest = file_sha256(found)
-        if not digest.startswith(known.sha256_prefix):
-            raise ConfigError(f"{field}: {found} is not the expected {known.filename}: its sha256 is {digest}, expected one "
-                              f"beginning with {known.sha256_prefix}; download it again from {known.url} (or set verify_weights: false "
-                              "for weights you converted yourself)")
+        if digest != sha256.lower():
+            raise ConfigError(f"weights_sha256: {found} has sha256 {digest}, not the {sha256} the config pins; "
+                              f"is {field} the file you meant?")
+    elif verify and known is not None:
+        digest = file_sha256(found)
+        if digest != known.sha256:
+            raise ConfigError(f"{field}: {found} is not the expected {known.filename}: its sha256 is {digest}, expected "
+                              f"{known.sha256} ({found.stat().st_size} bytes, expected {known.size}); download it again from {known.url} (for weights you converted yourself, "
+                              "pin their digest with weights_sha256, or set verify_weights: false)")
     return found
+
+
+def load_weights(path: Path, field: str = "weights_path") -> dict[str, torch.Tensor]:
+    """A weights file as a state dict (names to tensors), without running any code from it.
+
+    A safetensors file is read as such; anything else with ``torch.load(weights_only=True)``,
+    whose unpickler accepts tensors and plain containers only. A file that holds
+    pickled code or objects (``torch.load``'s default would run them) is refused.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+        if len(head) == 9 and head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise ConfigError(f"{field}: {path} was refused: it holds pickled objects other than tensors{what}, which could run "
+                          "code; raresynth reads weights only as tensors (a state dict, or safetensors). Save the "
+                          "model's state_dict() instead") from None
+    except Exception as exc:  # noqa: BLE001 - torch and safetensors raise many kinds on damaged files
+        raise ConfigError(f"{field}: {path} is not a PyTorch or safetensors weights file ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ConfigError(f"{field}: {path} is not a state dict (a mapping of parameter names to tensors); save the "
+                          "model's state_dict() itself")
+    return dict(state)
 
 
 def _torch_fidelity_registry() -> dict:
@@ -406,6 +469,19 @@ def _torch_fidelity_registry() -> dict:
 def _is_torch_fidelity_builtin(extractor: str) -> bool:
     cls = _torch_fidelity_registry().get(extractor)
     return cls is not None and cls.__module__.startswith("torch_fidelity.")
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def require_safe_extractor(extractor: str) -> None:
+    """Refuse a torch-fidelity extractor that would run code from its weights (CLIP, DINOv2)."""
+    cls = _torch_fidelity_registry().get(extractor)
+    if cls is not None and cls.__module__.startswith("torch_fidelity.") and _class_name(cls) not in STATE_DICT_EXTRACTORS:
+        raise ConfigError(f"embedding: torch-fidelity's '{extractor}' loads its weights as code (TorchScript or torch.hub), "
+                          "which raresynth does not run; use inception-v3-compat, vgg16, pixels or domain, or register "
+                          "an extractor that takes a state dict")
 
 
 def torch_fidelity_extractors() -> list[str]:
@@ -423,17 +499,20 @@ class TorchFidelityEmbedding(Embedding):
     preprocessing = Preprocessing(channels=3)
 
     def __init__(self, name: str, layer: str | None = None, metric: str = "fid", weights_path: str | None = None,
-                 verify_weights: bool = True, device: str = "auto", batch_size: int = 64, seed: int = 0):
+                 verify_weights: bool = True, device: str = "auto", batch_size: int = 64, seed: int = 0,
+                 weights_sha256: str | None = None):
         registry = _torch_fidelity_registry()
         if name not in registry:
             choices = [PIXELS, DOMAIN, *sorted(registry)]
             raise ConfigError(f"embedding: unknown '{name}'; choose one of {', '.join(choices)} "
                               "(or register an extractor with torch_fidelity.register_feature_extractor)")
         cls = registry[name]
+        require_safe_extractor(name)
         self.layer = layer or cls.get_default_feature_layer_for_metric(metric)
         if self.layer not in cls.get_provided_features_list():
             raise ConfigError(f"feature_layer: '{self.layer}' is not a layer of '{name}'; it provides {', '.join(cls.get_provided_features_list())}")
-        self.path = resolve_weights(name, weights_path, verify_weights)
+        self.path = resolve_weights(name, weights_path, verify_weights, sha256=weights_sha256)
+        self._verify, self._sha256 = verify_weights, weights_sha256
         self.name, self.tag = name, TAGS.get(name, re.sub(r"\W", "_", name))
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -449,7 +528,18 @@ class TorchFidelityEmbedding(Embedding):
 
             kwargs: dict = {"verbose": False}
             if self.path is not None:
-                kwargs["feature_extractor_weights_path"] = str(self.path)
+                resolve_weights(self.name, str(self.path), self._verify, sha256=self._sha256)  # unchanged since checked?
+                state = load_weights(self.path)  # refuses pickled code before any extractor sees the file
+                if _class_name(_torch_fidelity_registry()[self.name]) in STATE_DICT_EXTRACTORS:
+                    # torch-fidelity calls torch.load(weights_only=False) on what it is given: give it the
+                    # verified tensors, serialized here, never the user's file.
+                    buffer = io.BytesIO()
+                    torch.save(state, buffer)
+                    buffer.seek(0)
+                    kwargs["feature_extractor_weights_path"] = buffer
+                else:  # a registered extractor is the user's own code: it gets the checked file's path
+                    kwargs["feature_extractor_weights_path"] = str(self.path)
+                del state
             with torch.random.fork_rng(devices=[]):  # an extractor without a weights file starts the same for a seed
                 torch.manual_seed(self.seed)
                 extractor = create_feature_extractor(self.name, [self.layer], cuda=False, **kwargs)

@@ -43,6 +43,8 @@ def read_image(path: Path, resolution: int, channels: int, upscale: bool = False
 
     try:
         with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1 and image.format in ("GIF", "PNG", "WEBP"):  # animated, not a camera's MPO
+                raise DataError(f"{path}: an animated {image.format} image with {image.n_frames} frames; give still images")
             if image.mode not in ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I"):
                 image = image.convert("RGBA" if "A" in image.mode else "RGB")
             pixels = np.asarray(image)
@@ -90,6 +92,33 @@ def load_image_folder(
 
 
 def _files_and_labels(folder: Path, label: int | None, class_names: tuple[str, ...]) -> tuple[list[Path], list[int] | None]:
+    files, labels = _listed_files_and_labels(folder, label, class_names)
+    return _each_file_once(folder, files, labels)
+
+
+def _each_file_once(folder: Path, files: list[Path], labels: list[int] | None) -> tuple[list[Path], list[int] | None]:
+    """Drop a second path to a file already listed (a symbolic link, a linked class folder): one file, one image.
+
+    The path without links is kept when there is one. A file counted twice would
+    weigh twice in a metric and, in a linked class folder, carry another label.
+    """
+    def has_link(path: Path) -> bool:  # the file, or a folder between it and ``folder``, is a link
+        chain = [path, *path.parents]
+        return any(p.is_symlink() for p in chain[: chain.index(folder)]) if folder in chain else path.is_symlink()
+
+    chosen: dict[tuple[int, int], int] = {}
+    for i, file in enumerate(files):
+        info = file.stat()
+        key = (info.st_dev, info.st_ino)
+        if key not in chosen or (has_link(files[chosen[key]]) and not has_link(file)):
+            chosen[key] = i
+    keep = sorted(chosen.values())
+    if len(keep) == len(files):
+        return files, labels
+    return [files[i] for i in keep], None if labels is None else [labels[i] for i in keep]
+
+
+def _listed_files_and_labels(folder: Path, label: int | None, class_names: tuple[str, ...]) -> tuple[list[Path], list[int] | None]:
     manifest_path = folder / MANIFEST
     if manifest_path.is_file():
         return _from_manifest(folder, manifest_path, label, class_names)

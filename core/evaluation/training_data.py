@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydantic
 
-from ..config import DataConfig, format_validation_error, load_config, read_yaml
+from ..config import DataConfig, format_validation_error, is_labels_file, load_config, read_yaml
 from ..data.dataset import Dataset, check_split, load_dataset, load_split
 from ..errors import ConfigError
 from ..registry import Registry
@@ -41,4 +41,6 @@ def load_training_data(path: str | Path, registry: Registry) -> Dataset:
         raise ConfigError("\n".join(f"{path}: {line}" for line in lines)) from None
     if config.source and not Path(config.source).expanduser().is_absolute():
         config.source = str((path.resolve().parent / config.source).resolve())
+    if is_labels_file(config.labels) and not Path(config.labels).expanduser().is_absolute():
+        config.labels = str((path.resolve().parent / config.labels).resolve())  # like data.source
     return load_dataset(config, registry)

@@ -59,7 +59,7 @@ class TorchFidelityMetric(Metric):
     def __init__(self, params, spec):
         super().__init__(params, spec)
         self.extractor = params.embedding or self.standard
-        check_embedding(self.extractor, params.weights_path, params.verify_weights)  # fail now, not after sampling
+        check_embedding(self.extractor, params.weights_path, params.verify_weights, params.weights_sha256)  # fail now, not after sampling
 
     def suffix(self, embedding: Embedding) -> str:
         """``""`` for the standard extractor and layer, else ``_<tag>`` (``_domain``, ``_vgg16``, ...)."""

@@ -15,6 +15,7 @@ hashes at once (``data.split.group_by``).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from pydicom.multival import MultiValue
 
 from raresynth import DataError, DataFormat, PluginParams, RawImage, Record, did_you_mean
 
-from ._files import iter_files, one_line, relative_id, require_nonempty, source_root
+from ._files import iter_files, one_line, relative_id, require_nonempty, skipped_records, source_root, walk_files
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
@@ -59,7 +60,7 @@ def looks_like_dicom(path: Path) -> bool:
 
 
 class Dicom(DataFormat):
-    """DICOM files (uncompressed, or compressed when a decoder is installed)."""
+    """DICOM files, uncompressed or compressed (JPEG, JPEG-LS, JPEG 2000, RLE: pylibjpeg's decoders)."""
 
     class Params(PluginParams):
         pass
@@ -94,8 +95,9 @@ class Dicom(DataFormat):
         if source is None or not source.exists():
             raise DataError(f"{source}: not found")
         root = source_root(source)
-        files = [source] if source.is_file() else [p for p in iter_files(source) if p.name not in INDEX_FILE_NAMES]
-        records: list[Record] = []
+        walk = walk_files(source) if source.is_dir() else None
+        files = [source] if walk is None else [p for p in walk.files if p.name not in INDEX_FILE_NAMES]
+        records: list[Record] = [] if walk is None else skipped_records(walk, root, lambda p: p.name not in INDEX_FILE_NAMES)
         for path in files:
             record_id = relative_id(path, root)
             header = _read_header(path)
@@ -211,10 +213,13 @@ def _decode(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     dataset = _dcmread(path, header_only=False)
     if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
         raise DataError(f"{path}: has no image (Modality {dataset.get('Modality', 'unknown')}); remove it from the DICOM folder")
-    _require_decoder(dataset, path)
+    transfer_syntax = _transfer_syntax(dataset)
+    _require_decoder(transfer_syntax, path)
     try:
         pixels = dataset.pixel_array
     except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError, RuntimeError... on damaged pixel data
+        if transfer_syntax is not None and transfer_syntax.is_compressed:
+            raise DataError(_undecodable_message(path, transfer_syntax, exc)) from None
         raise DataError(f"{path}: truncated or corrupt pixel data: {one_line(exc)}") from None
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     window = _header_window(dataset)
@@ -229,9 +234,12 @@ def _decode(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return np.asarray(pixels), window
 
 
-def _require_decoder(dataset: DicomDataset, path: Path) -> None:
-    """A compressed file whose decoder is missing: say which packages to install."""
-    transfer_syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
+def _transfer_syntax(dataset: DicomDataset) -> pydicom.uid.UID | None:
+    return getattr(dataset.file_meta, "TransferSyntaxUID", None) if hasattr(dataset, "file_meta") else None
+
+
+def _require_decoder(transfer_syntax: pydicom.uid.UID | None, path: Path) -> None:
+    """A compressed file whose decoder is missing: name the transfer syntax and the packages to install."""
     if transfer_syntax is None or not transfer_syntax.is_compressed or get_decoder is None:
         return
     try:
@@ -241,18 +249,38 @@ def _require_decoder(dataset: DicomDataset, path: Path) -> None:
     if not available:
         raise DataError(
             f"{path}: compressed DICOM ({transfer_syntax.name}) and no decoder installed; "
-            f"pip install {_decoder_packages(transfer_syntax)}, or convert to uncompressed"
+            f"pip install {' '.join(_decoder_packages(transfer_syntax))}, or convert to uncompressed"
         )
 
 
-def _decoder_packages(transfer_syntax: pydicom.uid.UID) -> str:
+def _undecodable_message(path: Path, transfer_syntax: pydicom.uid.UID, exc: Exception) -> str:
+    """Why a compressed file did not decode: a decoder to install, or what the installed ones said."""
+    missing = [package for package in _decoder_packages(transfer_syntax) if not _installed(package)]
+    if missing:
+        return (f"{path}: compressed DICOM ({transfer_syntax.name}) that the installed decoders cannot decode: "
+                f"{one_line(exc)}; pip install {' '.join(missing)}, or convert to uncompressed")
+    return (f"{path}: compressed DICOM ({transfer_syntax.name}) that no installed decoder can decode (the file may be damaged, "
+            f"or need python-gdcm): {one_line(exc)}")
+
+
+#: The module each decoder package installs (pip name -> import name).
+DECODER_MODULES = {"pylibjpeg": "pylibjpeg", "pylibjpeg-libjpeg": "libjpeg", "pylibjpeg-openjpeg": "openjpeg",
+                   "pylibjpeg-rle": "rle", "python-gdcm": "gdcm"}
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(DECODER_MODULES[package]) is not None
+
+
+def _decoder_packages(transfer_syntax: pydicom.uid.UID) -> list[str]:
+    """The pip packages that decode ``transfer_syntax`` (raresynth's dependencies install the pylibjpeg ones)."""
     if transfer_syntax in pydicom.uid.JPEGLSTransferSyntaxes or transfer_syntax in pydicom.uid.JPEGTransferSyntaxes:
-        return "pylibjpeg pylibjpeg-libjpeg"
-    if transfer_syntax in pydicom.uid.JPEG2000TransferSyntaxes:
-        return "pylibjpeg pylibjpeg-openjpeg"
+        return ["pylibjpeg", "pylibjpeg-libjpeg"]
+    if transfer_syntax in pydicom.uid.JPEG2000TransferSyntaxes:  # HTJ2K included
+        return ["pylibjpeg", "pylibjpeg-openjpeg"]
     if transfer_syntax in pydicom.uid.RLETransferSyntaxes:
-        return "pylibjpeg pylibjpeg-rle"
-    return "python-gdcm"
+        return ["pylibjpeg", "pylibjpeg-rle"]
+    return ["python-gdcm"]
 
 
 def _header_window(dataset: DicomDataset) -> tuple[float, float] | None:

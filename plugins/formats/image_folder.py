@@ -16,10 +16,11 @@ from PIL import Image, UnidentifiedImageError
 
 from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
 
-from ._files import iter_files, one_line, relative_id, require_nonempty, source_root
+from ._files import iter_files, one_line, relative_id, require_nonempty, skipped_records, source_root, walk_files
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # Pillow's names of formats with animation
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF
 
 # Pillow modes read as they are; every other mode is converted to the one named here.
@@ -56,9 +57,10 @@ class ImageFolder(DataFormat):
         if source is None or not source.exists():
             raise DataError(f"{source}: not found")
         root = source_root(source)
-        files = [source] if source.is_file() else [p for p in iter_files(source) if is_image_file(p)]
+        walk = walk_files(source) if source.is_dir() else None
+        files = [source] if walk is None else [p for p in walk.files if is_image_file(p)]
         labels = self._labels(files, source) if source.is_dir() else {}
-        records = []
+        records = [] if walk is None else skipped_records(walk, root, is_image_file)
         for path in files:
             record_id = relative_id(path, root)
             label = labels.get(path)
@@ -132,8 +134,16 @@ def _read_tiff_page(path: Path, index: int) -> np.ndarray:
 def _read_with_pillow(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            # An animated GIF / PNG / WebP (perhaps renamed): which frame is the image is not ours to guess. (A
+            # camera's MPO JPEG also has several frames, the first the photo: read as before.)
+            if frames > 1 and image.format in ANIMATED_FORMATS:
+                raise DataError(f"{path}: an animated {image.format} image with {frames} frames; raresynth reads still images: "
+                                "save the frame you want as its own file")
             image.load()
             return _pillow_to_array(image)
+    except DataError:
+        raise
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a PNG/JPEG/TIFF image (no known image format in its content)") from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError... on damaged files

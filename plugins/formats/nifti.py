@@ -19,7 +19,7 @@ from pydantic import Field
 
 from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
 
-from ._files import iter_files, one_line, relative_id, require_nonempty, source_root
+from ._files import iter_files, one_line, relative_id, require_nonempty, skipped_records, source_root, walk_files
 
 AXIS_NAMES = ("x", "y", "z")
 
@@ -57,8 +57,9 @@ class Nifti(DataFormat):
         if source is None or not source.exists():
             raise DataError(f"{source}: not found")
         root = source_root(source)
-        files = [source] if source.is_file() else [p for p in iter_files(source) if is_nifti_file(p)]
-        records: list[Record] = []
+        walk = walk_files(source) if source.is_dir() else None
+        files = [source] if walk is None else [p for p in walk.files if is_nifti_file(p)]
+        records: list[Record] = [] if walk is None else skipped_records(walk, root, is_nifti_file)
         for path in files:
             volume_id = relative_id(path, root)
             try:

@@ -57,7 +57,7 @@ class Memorization(Metric):
     def __init__(self, params, spec):
         super().__init__(params, spec)
         if params.embedding is not None:
-            check_embedding(params.embedding, params.weights_path, params.verify_weights)
+            check_embedding(params.embedding, params.weights_path, params.verify_weights, params.weights_sha256)
 
     def audits(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[SpaceAudit]:
         """The audit in pixel space, then in the embedding (when one is set)."""

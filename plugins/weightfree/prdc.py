@@ -77,7 +77,7 @@ class PRDC(Metric):
 
     def __init__(self, params, spec):
         super().__init__(params, spec)
-        check_embedding(params.embedding, params.weights_path, params.verify_weights)
+        check_embedding(params.embedding, params.weights_path, params.verify_weights, params.weights_sha256)
 
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         check_compatible(train, held_out=held_out, synthetic=synthetic)
