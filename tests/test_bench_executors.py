@@ -115,7 +115,7 @@ def test_a_killed_harness_is_re_attached_to_its_running_jobs(tmp_path, registry,
         logs = list((out / "runs" / key / "job_logs").glob("train-*.log"))
         assert len(logs) == 1 and logs[0].read_text().count("$ ") == 1  # trained once
     # a job still running was re-attached to; one that had finished was only measured
-    assert not any("submitted" in m for m in messages) and attached
+    assert not any("submitted as" in m or "resubmitted" in m for m in messages) and attached
 
 
 def test_a_failed_job_is_recorded_with_its_log_tail(tmp_path, registry, monkeypatch, job_env):
