@@ -232,3 +232,13 @@ def test_ray_tasks_give_the_local_executors_results(tmp_path, registry, job_env,
     recorded = json.loads((tmp_path / "ray" / JOBS_FILE).read_text())
     assert recorded["executor"] == "ray" and {job["status"] for job in recorded["runs"].values()} == {"done"}
     assert sum("submitted as ray job" in m for m in messages) == 2
+
+
+def test_the_guides_executor_options_are_valid(tmp_path, registry):
+    text = (HERE.parent / "docs" / "benchmark.md").read_text()
+    block = next(part.split("```", 1)[0] for part in text.split("```yaml\n")[1:] if part.startswith("executor:"))
+    data = yaml.safe_load(block)
+    options = executor_options(data["executor_options"], "docs/benchmark.md")
+    assert data["executor"] == "slurm" and options.sbatch == {"qos": "high", "constraint": "h100"}
+    path = write_benchmark(tmp_path, **data)  # and a benchmark config takes them
+    assert prepare_benchmark(path, registry=registry).config.executor_options["partition"] == "gpu"
