@@ -242,3 +242,20 @@ def test_the_guides_executor_options_are_valid(tmp_path, registry):
     assert data["executor"] == "slurm" and options.sbatch == {"qos": "high", "constraint": "h100"}
     path = write_benchmark(tmp_path, **data)  # and a benchmark config takes them
     assert prepare_benchmark(path, registry=registry).config.executor_options["partition"] == "gpu"
+
+
+def test_a_resubmitted_job_continues_from_the_runs_last_checkpoint(tmp_path, registry, job_env, one_thread):
+    path = write_benchmark(tmp_path, variants={"slow": {"generator": {"lr": 0.01}}})
+    run(path, registry, executor="slurm", executor_options_=JOB_OPTIONS)
+    config = yaml.safe_load(path.read_text())
+    config["base"]["budget"]["kimg"] = 0.192  # the run stopped short of the budget: the next job must resume it
+    path.write_text(yaml.safe_dump(config))
+    results = run(path, registry, executor="slurm", executor_options_=JOB_OPTIONS)
+    assert results["variants"][0]["runs"][0]["status"] == "done"
+    run_dir = tmp_path / "out" / "runs" / "slow" / "seed-0"
+    job = json.loads((tmp_path / "out" / JOBS_FILE).read_text())["runs"]["slow/seed-0"]
+    assert job["attempt"] == 2 and job["command"][-1] == "--resume"
+    second = Path(job["log"]).read_text()
+    assert second.splitlines()[0].endswith("--no-progress --resume") and "run finished at 0.19 kimg" in second
+    assert not (run_dir / "trash").exists()  # nothing was started afresh (that would move the old run into trash/)
+    assert len(list((run_dir / "job_logs").glob("train-*.log"))) == 2
