@@ -216,6 +216,9 @@ def test_bad_executor_options_are_one_line_errors(tmp_path, registry):
     with pytest.raises(ConfigError, match=r"executor"):
         prepare_benchmark(path, registry=registry)
     assert ExecutorOptions().gpus_per_run == 1
+    with pytest.raises(ConfigError, match=r"--processes 4 with --executor slurm: .*gpus_per_run=4"):
+        run(write_benchmark(tmp_path), registry, executor="slurm", executor_options_={"gpus_per_run": 1}, processes=4)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_ray_tasks_give_the_local_executors_results(tmp_path, registry, job_env, one_thread):

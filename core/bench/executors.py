@@ -157,7 +157,7 @@ class ExecutorOptions(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    gpus_per_run: int = Field(1, ge=0)  # GPUs of each job; the run trains on this many processes (torchrun) when > 1
+    gpus_per_run: int = Field(1, ge=0)  # GPUs of each job, one training process each (torchrun when > 1); 0: CPU, --processes ranks
     cpus_per_task: int = Field(8, ge=1)  # CPU cores of each job (data loading, the CPU side of training)
     time_limit_min: int = Field(24 * 60, ge=1)  # SLURM: --time; a run that needs longer is requeued and resumes
     partition: str | None = None  # SLURM: --partition

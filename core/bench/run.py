@@ -202,6 +202,9 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
     log = log or (lambda message: print(f"raresynth bench: {message}", file=sys.stderr, flush=True))
     executor = executor or benchmark.config.executor
     options = executor_options({**benchmark.config.executor_options, **(executor_options_ or {})}, benchmark.config_file or "benchmark")
+    if executor != "local" and processes > 1 and options.gpus_per_run not in (0, processes):
+        raise ConfigError(f"--processes {processes} with --executor {executor}: each job trains on its gpus_per_run GPUs "
+                          f"({options.gpus_per_run}); pass --executor-option gpus_per_run={processes} instead")
     _refuse_foreign_out_dir(benchmark)
     with DirectoryLock(benchmark.out_dir, what="benchmark"):  # one harness per benchmark folder
         _claim_out_dir(benchmark)
@@ -318,7 +321,7 @@ def train_as_jobs(benchmark: Benchmark, runs: Sequence[PlannedRun], name: str, o
     executor: Executor = make_executor(name, options, benchmark.out_dir)
     path = benchmark.out_dir / JOBS_FILE
     jobs = _load_jobs(path)
-    job_processes = processes if processes > 1 else max(1, options.gpus_per_run)
+    job_processes = options.gpus_per_run or processes  # one process per GPU; without GPUs, --processes CPU ranks
     cwd = os.getcwd()
     env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
     errors: dict[tuple[str, int], str] = {}
