@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e ".[dev,frd,review]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,frd,review,slurm,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

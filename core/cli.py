@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dry-run", action="store_true", help="print what each run needs (train, resume, measure) and exit")
     bench.add_argument("--processes", type=int, default=1, metavar="N",
                        help="train each run on N processes, e.g. one per GPU (launched with torchrun; default 1: in this process)")
+    bench.add_argument("--executor", choices=["local", "slurm", "ray"],
+                       help="where runs train: local (here, one after another; the default), slurm (one job per run, "
+                            "through submitit) or ray (one task per run); default: the config's executor")
+    bench.add_argument("--executor-option", action="append", default=[], metavar="key=value",
+                       help="over the config's executor_options, e.g. partition=gpu gpus_per_run=1 time_limit_min=600")
+    bench.add_argument("--ray-address", metavar="ADDRESS", help="the Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     audit = commands.add_parser("audit", help="memorization audit of a folder of images made by any tool")
@@ -235,8 +241,13 @@ def cmd_bench(args: argparse.Namespace, registry: Registry) -> int:
         return 0
     if args.processes < 1:
         raise RaresynthError("--processes must be at least 1")
+    from .config import apply_overrides
+
+    executor_options = apply_overrides({}, args.executor_option)
+    if args.ray_address:
+        executor_options["ray_address"] = args.ray_address
     results = run_benchmark(benchmark, only=only, report_only=args.report_only, progress_bar=not args.no_progress,
-                            processes=args.processes)
+                            processes=args.processes, executor=args.executor, executor_options_=executor_options)
     failed = [f"{v['label']} seed {r['seed']}" for v in results["variants"] for r in v["runs"] if r["status"] == "failed"]
     print(f"report: {benchmark.out_dir / 'report.md'}")
     if failed:

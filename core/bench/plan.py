@@ -66,7 +66,8 @@ from ..config import (
 from ..errors import ConfigError, RunDirError
 from ..registry import Registry
 from ..training import checkpoint as ckpt
-from ..training.rundir import config_differences
+from ..files import LOCK_NAME
+from ..training.rundir import JOB_LOGS, config_differences
 
 #: Run-config fields a variant may not set, and where they belong instead.
 SHARED_FIELDS = {
@@ -101,6 +102,8 @@ class BenchmarkConfig(pydantic.BaseModel):
     sampling_seed: int = 1_000_000  # synthetic image i comes from seed sampling_seed + i, in every run
     grid_size: int = Field(16, ge=1, le=256)  # images in each variant's sample grid (seeds 0..grid_size-1)
     evaluation: EvaluationConfig = EvaluationConfig()  # reference rows and half-samples for intervals and tests
+    executor: Literal["local", "slurm", "ray"] = "local"  # where runs train: here, SLURM jobs, Ray tasks (--executor)
+    executor_options: dict[str, Any] = Field(default_factory=dict)  # see raresynth.bench.executors.ExecutorOptions
 
     @field_validator("seeds")
     @classmethod
@@ -339,7 +342,7 @@ def _out_of_time(run_dir: Path, nimg: int, minutes: float | None) -> bool:
 def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:
     """``(state, detail)``: new, resume (from some kimg), done, or restart (an earlier try left no checkpoint)."""
     run_dir = run.run_dir
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists() or not any(p.name not in (JOB_LOGS, LOCK_NAME, ERROR_FILE) for p in run_dir.iterdir()):
         return "new", ""
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir}: exists but is not a raresynth run (no config.yaml); move it away or choose another out_dir")

@@ -724,6 +724,8 @@ def _problems_section(variants: Sequence[Mapping[str, Any]]) -> list[str]:
             where = f"{_md(_label(variant))}, seed {run['seed']} (" + (f"`{run['run_dir']}`" if run.get("run_dir") else "no run folder") + ")"
             if run["status"] == "failed":
                 lines.append(f"- failed: {where}: {_md(run.get('error') or 'no error message')}")
+                if run.get("log_tail"):  # a job's last log lines (--executor slurm|ray)
+                    lines += ["", "  ```text", *(f"  {line}" for line in run["log_tail"].replace("```", "'''").splitlines()), "  ```", ""]
             elif run["status"] == "pending":
                 lines.append(f"- pending: {where}: not trained yet")
             elif run["status"] != "done":

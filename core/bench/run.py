@@ -49,9 +49,22 @@ from ..training.loop import (
     train,
 )
 from ..files import DirectoryLock, write_text_atomic
-from ..training.rundir import RunManifest, read_data_spec
+from ..training.rundir import JOB_LOGS, RunManifest, read_data_spec
 from ..training.sampling import load_run_generator
 from ..version import __version__
+from .executors import (
+    JOBS_FILE,
+    PASSED_ENV,
+    Executor,
+    ExecutorOptions,
+    Job,
+    TrainJob,
+    executor_options,
+    log_tail,
+    make_executor,
+    train_command,
+    wait_for,
+)
 from .plan import (
     ERROR_FILE,
     MARKER_FILE,
@@ -168,13 +181,19 @@ def _claim_out_dir(benchmark: Benchmark) -> None:
 
 
 def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: bool = False, progress_bar: bool = True,
-                  log=None, processes: int = 1) -> dict[str, Any]:
+                  log=None, processes: int = 1, executor: str | None = None, executor_options_: Mapping[str, Any] | None = None,
+                  confirm=None) -> dict[str, Any]:
     """Train what is missing, measure what is unmeasured, write results and the report; return the results.
 
     ``only``: variant names (or the name before a sweep's ``--``) to train and measure
     now; the others are reported as they are. ``report_only``: train and measure nothing.
     ``processes``: train each run on this many processes (one per GPU), launched with
     torchrun as a child process; 1 trains in this process.
+    ``executor``: ``local`` (train here, one run after another), ``slurm`` or ``ray``
+    (one job per run, all submitted at once; see :mod:`raresynth.bench.executors`); default
+    the config's ``executor``. ``executor_options_``: over the config's ``executor_options``.
+    ``confirm(question) -> bool``: asked on Ctrl-C whether to cancel the submitted jobs
+    (default: ask on the terminal).
     """
 
     check_variant_names(benchmark.runs, only, "--only")
@@ -182,6 +201,11 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
         raise ConfigError("raresynth bench runs as one process and launches the training runs itself: start it without "
                           "torchrun / accelerate launch, and pass --processes N to train each run on N processes (GPUs)")
     log = log or (lambda message: print(f"raresynth bench: {message}", file=sys.stderr, flush=True))
+    executor = executor or benchmark.config.executor
+    options = executor_options({**benchmark.config.executor_options, **(executor_options_ or {})}, benchmark.config_file or "benchmark")
+    if executor != "local" and processes > 1 and options.gpus_per_run not in (0, processes):
+        raise ConfigError(f"--processes {processes} with --executor {executor}: each job trains on its gpus_per_run GPUs "
+                          f"({options.gpus_per_run}); pass --executor-option gpus_per_run={processes} instead")
     _refuse_foreign_out_dir(benchmark)
     with DirectoryLock(benchmark.out_dir, what="benchmark"):  # one harness per benchmark folder
         _claim_out_dir(benchmark)
@@ -195,24 +219,39 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
                                                          benchmark.registry, benchmark.out_dir)
         selected = [] if report_only else [run for run in benchmark.runs if not only or _named(run, only)]
         records: dict[tuple[str, int], dict[str, Any]] = {}
+
+        def where(run: PlannedRun) -> str:
+            return f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
+
+        def measure_if_needed(run: PlannedRun) -> str | None:
+            """Measure a finished run on this process (unless measured with these settings); the error, if any."""
+            if _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is not None:
+                return None
+            try:
+                check_split(dataset, load_split(run.run_dir / "split.json"))
+            except RaresynthError as exc:
+                raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); "
+                                  f"rerun it with --rerun {run.variant.name}") from None
+            log(f"{where(run)}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
+            try:
+                measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
+            except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
+                error = f"measuring: {' '.join(str(exc).split())}"
+                log(f"{where(run)}: {error}")
+                return error
+            return None
+
+        errors: dict[tuple[str, int], str] = {}  # why this invocation's training or measuring failed
+        to_train = [run for run in selected if run.state != "done"]
+        if executor != "local" and to_train:  # one job per run, measured here as each one ends
+            errors = train_as_jobs(benchmark, to_train, executor, options, processes, log, where, measure_if_needed, confirm)
         for run in benchmark.runs:
-            error = None  # why this invocation's training or measuring failed
+            error = errors.get((run.variant.name, run.seed))
             if run in selected:
-                where = f"[{selected.index(run) + 1}/{len(selected)}] {run.variant.label}, seed {run.seed}"
-                if run.state != "done":
-                    error = _train_run(run, benchmark.registry, processes, progress_bar, log, where)
-                if run.state == "done" and _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) is None:
-                    try:
-                        check_split(dataset, load_split(run.run_dir / "split.json"))
-                    except RaresynthError as exc:
-                        raise RunDirError(f"{run.run_dir}: its data split is not the benchmark's ({exc}); "
-                                          f"rerun it with --rerun {run.variant.name}") from None
-                    log(f"{where}: measuring ({', '.join(name for name, _ in metrics) or 'no metrics'})")
-                    try:
-                        measure(run, dataset, metrics, refs, config, data_id, benchmark.registry)
-                    except (RaresynthError, RuntimeError, ValueError) as exc:  # recorded; the next invocation measures again
-                        error = f"measuring: {' '.join(str(exc).split())}"
-                        log(f"{where}: {error}")
+                if run.state not in ("done", "failed"):
+                    error = _train_run(run, benchmark.registry, processes, progress_bar, log, where(run))
+                if run.state == "done" and error is None:  # (a job's run is measured as its job ends)
+                    error = measure_if_needed(run)
             record = records[(run.variant.name, run.seed)] = run_record(run, data_id, refs, config)
             if error:
                 record.update(status="failed", error=error)
@@ -248,6 +287,117 @@ def _train_run(run: PlannedRun, registry: Registry, processes: int, progress_bar
         _release_gpu_memory()
     run.state = "done"
     return None
+
+
+def _utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _load_jobs(path: Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text())
+        return dict(saved["runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _ask(question: str) -> bool:
+    try:
+        return input(question).strip().lower() in ("y", "yes")
+    except EOFError:  # no terminal: leave the jobs running (a re-run re-attaches to them)
+        return False
+
+
+def train_as_jobs(benchmark: Benchmark, runs: Sequence[PlannedRun], name: str, options: ExecutorOptions, processes: int,
+                  log, where, on_done, confirm=None) -> dict[tuple[str, int], str]:
+    """Train ``runs`` as one job each on the ``name`` executor; measure each (``on_done``) as soon as its job ends.
+
+    Re-attaches to a job an earlier harness submitted and that still runs (by its id in
+    ``out_dir/jobs.json``), submits the others. A job that ends without the run reaching
+    its budget fails the run, with its log tail in ``benchmark_error.txt``. On Ctrl-C,
+    ``confirm`` (default: a question on the terminal) decides whether the jobs still
+    running are cancelled. Returns the errors by (variant, seed); each run's ``state``
+    becomes done or failed.
+    """
+    executor: Executor = make_executor(name, options, benchmark.out_dir)
+    path = benchmark.out_dir / JOBS_FILE
+    jobs = _load_jobs(path)
+    job_processes = options.gpus_per_run or processes  # one process per GPU; without GPUs, --processes CPU ranks
+    cwd = os.getcwd()
+    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    errors: dict[tuple[str, int], str] = {}
+    active: dict[str, tuple[PlannedRun, Job]] = {}
+
+    def save() -> None:  # the harness is the only writer of out_dir, so of jobs.json
+        write_text_atomic(path, json.dumps({"executor": name, "runs": jobs}, indent=1) + "\n")
+
+    try:
+        for run in runs:
+            key = f"{run.variant.name}/seed-{run.seed}"
+            old = jobs.get(key) or {}
+            job = None
+            if old.get("status") == "submitted" and old.get("executor") == name and executor.reattaches and run.detail != "--rerun":
+                job = executor.attach(str(old["job_id"]), Path(old["log"]))
+                if job is not None:
+                    log(f"{where(run)}: re-attached to job {job.id} (submitted {old.get('submitted')})")
+            if job is None:
+                for own in (ERROR_FILE, METRICS_FILE):  # the harness's files: stale once training starts again
+                    (run.run_dir / own).unlink(missing_ok=True)
+                logs = run.run_dir / JOB_LOGS
+                logs.mkdir(parents=True, exist_ok=True)
+                config_file = logs / "config.yaml"  # what the job trains (the run writes its own config.yaml)
+                save_config(run.config, config_file)
+                log_file = logs / f"train-{_utc_stamp()}.log"
+                train_job = TrainJob(str(config_file), str(run.run_dir), str(log_file), job_processes, cwd,
+                                     overwrite=run.detail == "--rerun", env=env)
+                job = executor.submit(train_job, f"raresynth-{benchmark.config.name}-{key}".replace(" ", "_"))
+                jobs[key] = {"executor": name, "job_id": job.id, "status": "submitted", "submitted": _utc_stamp(),
+                             "attempt": int(old.get("attempt", 0)) + 1, "log": str(log_file), "processes": job_processes,
+                             "command": train_command(config_file, run.run_dir, job_processes, train_job.overwrite)}
+                save()
+                log(f"{where(run)}: {'resubmitted' if old else 'submitted'} as {name} job {job.id} (log: {log_file})")
+            active[key] = (run, job)
+        while active:
+            ended = wait_for(executor, [job for _, job in active.values()], options.poll_seconds)
+            for key, (run, job) in list(active.items()):
+                if job not in ended:
+                    continue
+                del active[key]
+                code = executor.exit_code(job)
+                run.state, run.detail = run_state(run)
+                if run.state == "done":
+                    jobs[key].update(status="done", ended=_utc_stamp())
+                    save()
+                    log(f"{where(run)}: job {job.id} finished ({run.detail})")
+                    error = on_done(run)
+                else:
+                    tail = log_tail(Path(cwd, jobs[key]["log"]))
+                    lines = [line.split("error: ", 1)[1].strip() for line in tail.splitlines() if "error: " in line]
+                    reason = lines[0] if lines else next((line for line in reversed(tail.splitlines()) if "Error" in line),
+                                                         f"exit code {code}" if code is not None else "the run did not reach its budget")
+                    error = f"job {job.id} failed: {reason} (log: {jobs[key]['log']})"
+                    jobs[key].update(status="failed", ended=_utc_stamp(), error=error, log_tail=tail)
+                    save()
+                    run.state = "failed"
+                    run.run_dir.mkdir(parents=True, exist_ok=True)
+                    _write_own(run.run_dir, ERROR_FILE, error + "\n" + tail + "\n")
+                    log(f"{where(run)}: FAILED: {error}")
+                if error:
+                    errors[(run.variant.name, run.seed)] = error
+    except KeyboardInterrupt:
+        running = [(key, job) for key, (_, job) in active.items()]
+        if running and (confirm or _ask)(f"\ncancel the {len(running)} {name} job(s) this benchmark submitted? [y/N] "):
+            for key, job in running:
+                executor.cancel(job)
+                jobs[key].update(status="cancelled", ended=_utc_stamp())
+            save()
+            log(f"cancelled {len(running)} job(s)")
+        elif running:
+            log(f"left {len(running)} job(s) running: run the same command again to re-attach to them")
+        raise
+    finally:
+        executor.close()
+    return errors
 
 
 def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool) -> None:
@@ -379,7 +529,8 @@ def run_record(run: PlannedRun, data_id: str, refs: Sequence[PluginRef], config:
     record.update(training_figures(run.run_dir))
     error_file = run.run_dir / ERROR_FILE
     if run.state != "done" and error_file.is_file():
-        record.update(status="failed", error=error_file.read_text().strip())
+        error, _, tail = error_file.read_text().strip().partition("\n")  # a job's error: one line, then its log tail
+        record.update(status="failed", error=error, log_tail=tail or None)
     saved = _saved_measurement(run.run_dir, fingerprint(run, refs, config, data_id)) if run.state == "done" else None
     if saved is not None:
         record["values"] = {name: entry["value"] for name, entry in saved["values"].items()}

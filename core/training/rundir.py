@@ -28,6 +28,8 @@ from . import checkpoint as ckpt
 
 MANIFEST = "manifest.json"
 TRASH = "trash"
+# A benchmark job's logs (raresynth bench --executor slurm|ray), inside the run directory it trains: not the run's files.
+JOB_LOGS = "job_logs"
 # Folders whose content is written on raresynth's behalf (metric plugins, TensorBoard): listed whole.
 OWNED_FOLDERS = ("metrics", "tensorboard")
 # Where a run writes, for refusing to start over someone else's files.
@@ -133,7 +135,7 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, resume_from: 
         raise RunDirError("--resume and --overwrite exclude each other: resume continues the run, overwrite starts afresh")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: run_dir is a file, not a folder; choose another run_dir")
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME) if run_dir.is_dir() else []
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK_NAME, JOB_LOGS)) if run_dir.is_dir() else []
     checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
     partial = f"pass --overwrite to start afresh (raresynth's files of the partial run are moved into {run_dir / TRASH})"
     if resume:
