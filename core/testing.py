@@ -483,7 +483,7 @@ def _check_augmentation(reg: Regularizer, spec: DataSpec, subject: str) -> None:
               f"{getattr(out, 'dtype', '')}", "return images of the input's shape and dtype")
     if torch.equal(out.detach(), images.detach()):
         _fail(subject, "augment() returned the images unchanged", "transform them (or drop the augmentation from the config)")
-    (grad,) = torch.autograd.grad(out.sum(), images, allow_unused=True)
+    grad = torch.autograd.grad(out.sum(), images, allow_unused=True)[0] if out.requires_grad else None
     if grad is None or not bool(grad.abs().sum() > 0):
         _fail(subject, "augment() is not differentiable w.r.t. the images", "use differentiable tensor operations (no .detach(), numpy or in-place writes on a leaf)")
     torch.manual_seed(5)
