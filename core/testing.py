@@ -394,10 +394,11 @@ def check_regularizer(
 ) -> None:
     """Check a regularizer (or an :class:`raresynth.Augmentation`) against its contract.
 
-    On its own: ``interval`` >= 1 and ``due`` every ``interval`` steps; a finite scalar
-    penalty that reaches the discriminator's weights (role ``"discriminator"``) or the
-    generated images (``"generator"``), already multiplied by ``interval`` when the
-    Params have an ``interval`` option; its state through a checkpoint file. An
+    On its own: ``interval`` >= 1 and ``due`` every ``interval`` steps; its state
+    through a checkpoint file; for role ``"discriminator"`` (whose ``model`` is always
+    ``model(images, labels) -> logits``) a finite scalar penalty that reaches the
+    discriminator's weights, already multiplied by ``interval`` when the Params have an
+    ``interval`` option. An
     augmentation must keep shape and dtype, change the images, be differentiable and
     draw from torch's global RNG. Then ``steps`` steps through the real loop with
     ``generator`` (``None``: skip), and an interrupted run resumed equals the
@@ -414,8 +415,10 @@ def check_regularizer(
         _fail(subject, f"due(step) is not true exactly every {reg.interval} steps", "keep Regularizer.due or make it step % interval == 0")
     if isinstance(reg, Augmentation) or reg.role == "augment":
         _check_augmentation(reg, spec, subject)
-    else:
+    elif reg.role == "discriminator":  # the one role whose PenaltyInputs.model has a fixed form: model(images, labels) -> logits
         _check_penalty(cls, reg, options, spec, subject, name)
+    else:  # what "model" is for other roles is the backend's; the training run below checks those
+        _check_state_file(reg, cls, options, spec, subject, name)
     if generator is not None:
         gen_params = dict(generator_params if generator_params is not None else (TINY_STYLEGAN2 if generator == "stylegan2_ada" else {}))
         ref = {"name": name, **dict(params or {})}
