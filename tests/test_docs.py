@@ -187,3 +187,16 @@ def test_the_benchmark_guides_example_config_is_valid(registry, tmp_path):
     assert [v.label for v in benchmark.variants] == [
         "ddpm", "stylegan2_ada", "r1_gamma (gamma=0.01)", "r1_gamma (gamma=0.1)", "r1_gamma (gamma=1)", "r1_gamma (gamma=10)", "no_ada"]
     assert len(benchmark.runs) == 7 * 3
+
+
+@pytest.mark.parametrize("interface", ["Generator", "Regularizer", "Augmentation", "Metric", "DataFormat"])
+def test_the_interface_reference_names_every_public_member(interface):
+    import raresynth
+
+    cls = getattr(raresynth, interface)
+    reference = section("4. Interface reference")
+    own = {name for klass in cls.__mro__ if klass.__module__ == "raresynth.interfaces" for name in vars(klass)}
+    members = sorted(name for name in own if not name.startswith("_") or name == "__init__")
+    missing = [name for name in members if not re.search(rf"`{re.escape(name)}[`(]", reference)
+               and not (name == "__init__" and "constructor" in reference)]
+    assert missing == [], f"docs/plugins.md section 4 does not document {interface}.{', '.join(missing)}"
