@@ -310,6 +310,15 @@ save_state({"world": run.num_processes, "modules": modules}, out_dir / f"rank{os
 """
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    with open(partial, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -321,8 +330,8 @@ def _check_processes(cls: type, name: str, config: Mapping[str, Any], folder: Pa
     """``processes`` ranks (torchrun, gloo on CPU) end with identical weights (and, if claimed, equal to one process)."""
     folder.mkdir(parents=True, exist_ok=True)
     script, config_path = folder / "train_rank.py", folder / "config.json"
-    script.write_text(_TWO_PROCESS_SCRIPT)
-    config_path.write_text(json.dumps(config))
+    _write_atomic(script, _TWO_PROCESS_SCRIPT)
+    _write_atomic(config_path, json.dumps(config))
     paths = [str(Path(m.__file__).resolve().parent.parent) for m in (sys.modules.get(cls.__module__),) if m and getattr(m, "__file__", None)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([*paths, *sys.path, os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port()),

@@ -188,3 +188,23 @@ def test_two_processes_average_gradients_or_the_kit_says_how(kit_registry, tmp_p
                                                r"returned"):
         check_generator(broken_plugins.UnsyncedGradients, specs=[(1, False)], conditional=False, processes=2, registry=kit_registry,
                         tmp_path=tmp_path / "unsynced")
+
+
+@pytest.mark.parametrize("images, message", [
+    (torch.zeros(2, 1, 16, 16, dtype=torch.uint8), r"returned torch.uint8 images; return float images in \[-1, 1\]"),
+    (torch.full((2, 1, 16, 16), float("nan")), r"returned non-finite values"),
+    (torch.zeros(3, 1, 16, 16), r"shaped \(3, 1, 16, 16\) for 2 seeds"),
+    (torch.zeros(2, 3, 16, 16), r"shaped \(2, 3, 16, 16\) for 2 seeds; expected \(n, C, R, R\) = \(2, 1, 16, 16\) \(data.channels 1"),
+    (torch.zeros(2, 1, 16, 16).numpy(), r"returned a ndarray, not a torch.Tensor"),
+    (torch.full((2, 1, 16, 16), 1.0005), None),  # within the tolerance
+])
+def test_the_output_contract_names_the_generator_and_the_fix(kit_registry, images, message):
+    from raresynth import DataSpec
+    from raresynth.evaluation.imagesets import check_samples
+
+    generator = toy_plugin.ToyGenerator(toy_plugin.ToyParams(), DataSpec(16, 1))
+    if message is None:
+        assert check_samples(generator, images, [0, 1], registry=kit_registry) is images
+        return
+    with pytest.raises(PluginError, match=r"^generator 'toy' of plugin 'toy' \(package toy_plugin\): sample\(\) " + message):
+        check_samples(generator, images, [0, 1], registry=kit_registry)
