@@ -193,8 +193,8 @@ def test_two_processes_average_gradients_or_the_kit_says_how(kit_registry, tmp_p
 @pytest.mark.parametrize("images, message", [
     (torch.zeros(2, 1, 16, 16, dtype=torch.uint8), r"returned torch.uint8 images; return float images in \[-1, 1\]"),
     (torch.full((2, 1, 16, 16), float("nan")), r"returned non-finite values"),
-    (torch.zeros(3, 1, 16, 16), r"shaped \(3, 1, 16, 16\) for 2 seeds"),
-    (torch.zeros(2, 3, 16, 16), r"shaped \(2, 3, 16, 16\) for 2 seeds; expected \(n, C, R, R\) = \(2, 1, 16, 16\) \(data.channels 1"),
+    (torch.zeros(3, 1, 16, 16), r"returned images shaped \(3, 1, 16, 16\) for 2 seeds"),
+    (torch.zeros(2, 3, 16, 16), r"returned images shaped \(2, 3, 16, 16\) for 2 seeds; expected \(n, C, R, R\) = \(2, 1, 16, 16\) \(data.channels 1"),
     (torch.zeros(2, 1, 16, 16).numpy(), r"returned a ndarray, not a torch.Tensor"),
     (torch.full((2, 1, 16, 16), 1.0005), None),  # within the tolerance
 ])
