@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,13 +95,13 @@ def test_builtin_data_formats_pass_the_kit(kit_registry, tmp_path):
 
 
 @pytest.mark.parametrize("cls, message", [
-    (broken_plugins.Bytes255, r"generator 'bytes255' of plugin 'broken' .*: sample\(\) returned values in \[.*\]; images must be in "
-                              r"\[-1, 1\]: rescale \(x / 127.5 - 1 for 0..255"),
-    (broken_plugins.HalfSize, r"generator 'half_size' .*returned images shaped \(4, 1, 8, 8\) for 4 seeds; expected \(n, C, R, R\) = "
-                              r"\(4, 1, 16, 16\)"),
+    (broken_plugins.Bytes255, (r"generator 'bytes255' of plugin 'broken' .*: sample\(\) returned values in \[.*\]; images must be in "
+                               r"\[-1, 1\]: rescale \(x / 127.5 - 1 for 0..255")),
+    (broken_plugins.HalfSize, (r"generator 'half_size' .*returned images shaped \(4, 1, 8, 8\) for 4 seeds; expected \(n, C, R, R\) = "
+                               r"\(4, 1, 16, 16\)")),
     (broken_plugins.BatchNoise, r"seed 12 gave another image alone than in a batch .* own torch.Generator\(seed\)"),
-    (broken_plugins.NoOptimizerState, r"a run resumed after 2 of 4 steps ends with another state .*first difference at "
-                                      r"/generator/.*save everything that changes"),
+    (broken_plugins.NoOptimizerState, (r"a run resumed after 2 of 4 steps ends with another state .*first difference at "
+                                       r"/generator/.*save everything that changes")),
 ])
 def test_broken_generators_fail_the_kit_saying_what_to_change(kit_registry, tmp_path, cls, message):
     with pytest.raises(ConformanceError, match=message):
@@ -113,8 +114,8 @@ def test_a_backend_that_ignores_labels_fails(kit_registry, tmp_path):
 
 
 @pytest.mark.parametrize("cls, params, message", [
-    (broken_plugins.NotLazyR1, {"interval": 2}, r"with interval 4 penalty\(\) is .*, not 4 x its interval-1 value .*multiply the penalty by "
-                                                r"self.interval"),
+    (broken_plugins.NotLazyR1, {"interval": 2}, (r"with interval 4 penalty\(\) is .*, not 4 x its interval-1 value .*multiply the penalty by "
+                                                 r"self.interval")),
     (broken_plugins.ForgetfulLeCam, {}, r"a run resumed after 2 of 4 steps ends with another state .*regularizer state"),
     (broken_plugins.Detaching, {}, r"augment\(\) is not differentiable w.r.t. the images"),
 ])
@@ -138,8 +139,7 @@ def test_a_run_with_a_bad_range_fails_at_its_first_grid_naming_generator_and_plu
     with pytest.raises(PluginError, match=r"^generator 'bytes255' of plugin 'broken' \(package broken_plugins\): sample\(\) returned "
                                           r"values in \[\d.*\]; images must be in \[-1, 1\]"):
         train(config, registry=kit_registry, progress_bar=False)
-    run_dir = config.run_dir
-    assert not list((__import__("pathlib").Path(run_dir) / "samples").glob("*.png"))  # no white grid was written
+    assert not list((Path(config.run_dir) / "samples").glob("*.png"))  # no white grid was written
 
 
 def test_sampling_a_run_checks_the_contract(kit_registry, toy_config, tmp_path):
