@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -195,6 +196,7 @@ def check_generator(
     params: Mapping[str, Any] | None = None,
     specs: Sequence[tuple[int, bool]] = DEFAULT_SPECS,
     *,
+    regularizers: Sequence[Mapping[str, Any]] = (),
     steps: int = 4,
     batch_size: int = 4,
     resolution: int = 16,
@@ -208,8 +210,10 @@ def check_generator(
     """Check a backend against the generator contract (see the module docstring).
 
     ``params`` are the backend's options (small ones: the check trains for real);
-    ``specs`` the ``(channels, labelled)`` data to train on; ``conditional``: whether
-    labels must change the image (None: whenever the data has classes).
+    ``specs`` the ``(channels, labelled)`` data to train on; ``regularizers`` the run
+    config's ``regularizers:`` entries to train with (e.g. ``[{"name": "r1"}]``);
+    ``conditional``: whether labels must change the image (None: whenever the data
+    has classes).
     """
     registry, name = _registered("generator", cls, registry)
     subject = f"generator '{name}' ({cls.__module__}.{cls.__qualname__})"
@@ -219,7 +223,8 @@ def check_generator(
     with _folder(tmp_path) as folder:
         for i, (channels, labelled) in enumerate(specs):
             where = f"{subject} on {channels}-channel {'labelled' if labelled else 'unlabelled'} data"
-            config = _run_config(folder / f"spec{i}" / "full", generator_ref, channels, labelled, steps, batch_size, resolution=resolution)
+            config = _run_config(folder / f"spec{i}" / "full", generator_ref, channels, labelled, steps, batch_size, regularizers,
+                                 resolution=resolution)
             run = _train(config, registry, where)
             _check_sampling(run.generator, where, registry, conditional)
             _check_round_trip(run, where, registry)
@@ -227,7 +232,8 @@ def check_generator(
                 _check_resume(config, folder / f"spec{i}", steps, batch_size, where, registry)
         if processes > 1:
             channels, labelled = specs[0]
-            config = _run_config(folder / "two" / "run", generator_ref, channels, labelled, steps, batch_size, resolution=resolution)
+            config = _run_config(folder / "two" / "run", generator_ref, channels, labelled, steps, batch_size, regularizers,
+                                 resolution=resolution)
             _check_processes(cls, name, config, folder / "two", processes, matches_one_process, atol, subject, registry)
 
 
@@ -306,7 +312,9 @@ if name not in registry.names("generator"):
     registry = load_plugins(extra=[(name, plugin)])
 run = train(load_config(config_path, registry=registry), registry=registry, progress_bar=False)
 modules = {role: module.state_dict() for role, module in run.generator.modules().items()}
-save_state({"world": run.num_processes, "modules": modules}, out_dir / f"rank{os.environ.get('RANK', '0')}.safetensors")
+regularizers = [reg.state_dict() for reg in run.generator.regularizers]
+save_state({"world": run.num_processes, "modules": modules, "regularizers": regularizers},
+           out_dir / f"rank{os.environ.get('RANK', '0')}.safetensors")
 """
 
 
@@ -333,16 +341,29 @@ def _check_processes(cls: type, name: str, config: Mapping[str, Any], folder: Pa
     _write_atomic(script, _TWO_PROCESS_SCRIPT)
     _write_atomic(config_path, json.dumps(config))
     paths = [str(Path(m.__file__).resolve().parent.parent) for m in (sys.modules.get(cls.__module__),) if m and getattr(m, "__file__", None)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([*paths, *sys.path, os.environ.get("PYTHONPATH", "")])}
+    # plugins this registry loaded from modules rather than entry points (a test suite's own) load in the ranks too
+    modules = [info.module for info in registry.plugins if info.distribution is None and not info.broken
+               and not info.module.startswith("raresynth_conformance_") and info.module in sys.modules]
+    modules += [m for m in (os.environ.get("RARESYNTH_PLUGIN_MODULES") or "").split(",") if m.strip() and m.strip() not in modules]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([*paths, *sys.path, os.environ.get("PYTHONPATH", "")]),
+           "RARESYNTH_PLUGIN_MODULES": ",".join(modules)}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", str(_free_port()),
                str(script), str(config_path), str(folder), name, f"{cls.__module__}:{cls.__qualname__}"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     if result.returncode != 0:
-        tail = " | ".join(result.stderr.strip().splitlines()[-5:])
-        raise ConformanceError(f"{subject}: training on {processes} processes (torchrun, gloo) failed: {tail}")
+        lines = result.stderr.strip().splitlines()
+        raised = [line.strip() for line in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt): ", line.strip())]
+        reason = raised[-1] if raised else " | ".join(lines[-5:])
+        raise ConformanceError(f"{subject}: training on {processes} processes (torchrun, gloo) failed: {reason}")
     states = [load_state(folder / f"rank{rank}.safetensors") for rank in range(processes)]
     for rank, state in enumerate(states[1:], start=1):
         where = _first_difference(states[0]["modules"], state["modules"])
+        regularizer_difference = _first_difference(states[0]["regularizers"], state["regularizers"])
+        if where is None and regularizer_difference is not None:
+            _fail(subject, f"after {processes}-process training rank 0 and rank {rank} hold different regularizer state "
+                  f"(first at regularizers{regularizer_difference})",
+                  "average the statistics a regularizer keeps (running means, anchors) over processes "
+                  "(torch.distributed.all_reduce), so that every rank holds the same")
         if where is not None:
             _fail(subject, f"after {processes}-process training rank 0 and rank {rank} hold different weights (first at {where}), so "
                   "gradients are not averaged across processes",

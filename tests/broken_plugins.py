@@ -108,3 +108,21 @@ class UnsyncedGradients(ToyGenerator):
         self.accelerator.backward(loss)
         self.opt.step()
         return {"loss": loss.detach()}
+
+
+class LocalLeCam(LeCam):
+    """Keeps each rank's own anchors: the ranks' regularizer states drift apart."""
+
+    def _update_anchors(self, real_logits, fake_logits):
+        real_mean, fake_mean = float(real_logits.detach().mean()), float(fake_logits.detach().mean())
+        if self.anchor_real is None:
+            self.anchor_real, self.anchor_fake = real_mean, fake_mean
+        else:
+            decay = self.params.ema_decay
+            self.anchor_real = decay * self.anchor_real + (1 - decay) * real_mean
+            self.anchor_fake = decay * self.anchor_fake + (1 - decay) * fake_mean
+
+
+@hookimpl
+def raresynth_register_regularizers(register):
+    register("local_lecam", LocalLeCam)

@@ -114,3 +114,26 @@ def test_the_limited_data_benchmark_runs_scaled_down(tmp_path, registry, one_thr
     runs = {v["name"]: v["runs"] for v in results["variants"]}
     assert set(runs) == {"ada_r1", "ada_r1_lecam", "diffaug_r1"}
     assert all(r[0]["status"] == "done" and "swd" in r[0]["values"] for r in runs.values())
+
+
+@pytest.mark.slow
+def test_stylegan2_ada_with_r1_lecam_and_diffaugment_stays_in_sync_on_two_processes(registry, tmp_path):
+    from raresynth.testing import check_generator
+
+    regularizers = [{"name": "r1", "interval": 2}, {"name": "lecam"}, {"name": "diffaugment"}]
+    check_generator(registry.generator("stylegan2_ada"), TINY_STYLEGAN2, specs=[(3, True)], regularizers=regularizers, processes=2,
+                    registry=registry, tmp_path=tmp_path)
+
+
+@pytest.mark.slow
+def test_lecam_anchors_kept_per_rank_fail_the_two_process_check(tmp_path):
+    import broken_plugins
+    import dcgan_plugin
+    import toy_plugin
+    from raresynth.registry import load_plugins
+    from raresynth.testing import ConformanceError, check_generator
+
+    registry = load_plugins(extra=[("toy", toy_plugin), ("dcgan", dcgan_plugin), ("broken", broken_plugins)])
+    with pytest.raises(ConformanceError, match=r"rank 0 and rank 1 hold different regularizer state \(first at regularizers/1/anchor_"):
+        check_generator(registry.generator("stylegan2_ada"), TINY_STYLEGAN2, specs=[(3, True)], steps=2, processes=2, registry=registry,
+                        regularizers=[{"name": "r1", "interval": 2}, {"name": "local_lecam"}], tmp_path=tmp_path)
