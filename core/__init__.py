@@ -17,6 +17,7 @@ from .version import __version__  # noqa: I001 - first: every other module may r
 # -- the plugin contract -------------------------------------------------------
 from .errors import ConfigError, DataError, PluginError, RaresynthError, RunDirError, TrainingError, did_you_mean
 from .interfaces import (
+    Augmentation,
     Batch,
     DataFormat,
     DataSpec,
@@ -49,6 +50,7 @@ from .training.sampling import load_run_generator
 __all__ = [
     "DOMAIN",
     "PIXELS",
+    "Augmentation",
     "Batch",
     "ConfigError",
     "DataError",

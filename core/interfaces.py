@@ -299,6 +299,34 @@ class Regularizer(ABC):
         """Restore what :meth:`state_dict` returned."""
 
 
+class Augmentation(Regularizer):
+    """A differentiable transformation of every image a discriminator sees (``role = "augment"``).
+
+    Augmentation is a regularizer role, not a plugin kind of its own: it is registered
+    with ``raresynth_register_regularizers``, configured in the run config's
+    ``regularizers:`` list, and offered by a backend that lists ``"augment"`` in its
+    ``regularizer_roles``. Such a backend passes the real and the generated images
+    through :meth:`augment` of every augmentation, in config order, before each
+    discriminator call (its main passes and the ``model`` it hands other
+    regularizers), so that both distributions are augmented alike (Zhao et al. 2020,
+    "Differentiable Augmentation for Data-Efficient GAN Training", sec. 3).
+
+    :meth:`augment` must be differentiable w.r.t. the images (the generator is
+    trained through it, R1 differentiates through it) and draw its randomness from
+    torch's global RNG, which the loop reseeds every step (exact resume for free).
+    An augmentation adds no penalty: :meth:`penalty` is zero.
+    """
+
+    role: ClassVar[str] = "augment"
+
+    @abstractmethod
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` ``(N, C, H, W)`` transformed, same shape and dtype."""
+
+    def penalty(self, inputs: PenaltyInputs) -> torch.Tensor:
+        return torch.zeros(())
+
+
 class Metric(ABC):
     """A measurement computed from the real and synthetic image sets.
 

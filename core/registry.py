@@ -116,6 +116,23 @@ class Registry:
     def data_format(self, name: str) -> type[DataFormat]:
         return self.get("data_format", name).cls
 
+    def registration_of(self, cls: type) -> Registration | None:
+        """The registration of the class ``cls`` (the first name it was registered under), or None."""
+        for items in self._items.values():
+            for registration in items.values():
+                if registration.cls is cls:
+                    return registration
+        return None
+
+    def describe(self, cls: type) -> str:
+        """``generator 'name' of plugin 'p' (package dist)``: who registered ``cls``, for error messages."""
+        registration = self.registration_of(cls)
+        if registration is None:
+            return f"{cls.__module__}.{cls.__qualname__} (not registered by any loaded plugin)"
+        info = next((p for p in self.plugins if p.name == registration.plugin), None)
+        package = (info.distribution or info.module) if info is not None else "?"
+        return f"{registration.kind.replace('_', ' ')} '{registration.name}' of plugin '{registration.plugin}' (package {package})"
+
     @property
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.broken]

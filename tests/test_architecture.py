@@ -21,7 +21,7 @@ EXAMPLE_PLUGIN = ROOT / "docs" / "examples" / "raresynth_example_plugin"
 # Each wing's rank: a module may import modules of its own rank or lower, never higher.
 # The host (the plugin contract) is at the bottom; the command line at the top.
 HOST = {"errors", "files", "interfaces", "hookspecs", "registry", "config", "version"}
-RANKS = {"data": 1, "evaluation": 2, "training": 3, "bench": 4, "review": 4, "cli": 5, "__main__": 5}
+RANKS = {"data": 1, "evaluation": 2, "training": 3, "bench": 4, "review": 4, "cli": 5, "__main__": 5, "testing": 5}
 
 
 def module_name(path: Path, root: Path, package: str) -> str:

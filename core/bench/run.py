@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..evaluation.evaluate import with_replicates
 from ..evaluation.features import content_hash
+from ..evaluation.imagesets import sample_image_set
 from ..evaluation.references import informative, measure_references, reference_key
 from ..evaluation.statistics import ALPHA, TEST_METHOD
 from ..interfaces import DataSpec
@@ -551,7 +552,7 @@ def write_grids(benchmark: Benchmark, records: Mapping[tuple[str, int], dict[str
         if done and (id(done[0]) in selected_ids or not path.is_file()):
             generator, _, _, _ = load_run_generator(done[0].run_dir, registry=benchmark.registry)
             seeds = list(range(benchmark.config.grid_size))
-            save_grid(generator.sample(seeds, cycled_labels(generator.spec, len(seeds)), variant.sample_params).float().cpu(), path)
+            save_grid(sample_image_set(generator, len(seeds), cycled_labels(generator.spec, len(seeds)), 0, options=variant.sample_params).images, path)
             del generator
             _release_gpu_memory()
         if done and path.is_file():

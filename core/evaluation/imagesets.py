@@ -21,8 +21,9 @@ import torch
 
 from ..config import DataConfig, IntensityConfig
 from ..data.preprocess import preprocess
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, PluginError
 from ..interfaces import Generator, ImageSet, PluginParams, RawImage, Record
+from ..registry import Registry, get_registry
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp"})
 MANIFEST = "manifest.json"
@@ -167,6 +168,45 @@ def _from_manifest(folder: Path, manifest_path: Path, label: int | None, class_n
     return files, [label] * len(files) if label is not None else None
 
 
+#: How far outside [-1, 1] a sample may stray (rounding of a low-precision tanh, bilinear ringing).
+RANGE_TOLERANCE = 1e-3
+
+
+def check_samples(generator: Generator, images: object, seeds: Sequence[int], labels: torch.Tensor | None = None,
+                  registry: Registry | None = None) -> torch.Tensor:
+    """Check what ``generator.sample(seeds, labels)`` returned against the output contract; return it.
+
+    The contract (:meth:`raresynth.Generator.sample`): a float tensor shaped
+    ``(len(seeds), C, R, R)`` with the data spec's channels and resolution, finite,
+    in ``[-1, 1]`` (up to :data:`RANGE_TOLERANCE`). Every path that samples (the loop's
+    grids, the metrics' synthetic sets, the benchmark harness, ``raresynth sample``) goes
+    through here, so a backend that breaks it fails at its first sample with a
+    :class:`PluginError` naming the generator, its plugin and package, and the fix.
+    """
+    spec = generator.spec
+    expected = (len(seeds), spec.channels, spec.resolution, spec.resolution)
+    problem = None
+    if not isinstance(images, torch.Tensor):
+        problem = f"returned a {type(images).__name__}, not a torch.Tensor; return a float tensor shaped {expected}"
+    elif not images.is_floating_point():
+        problem = f"returned {images.dtype} images; return float images in [-1, 1] (x / 127.5 - 1 for 8-bit values)"
+    elif tuple(images.shape) != expected:
+        problem = (f"returned images shaped {tuple(images.shape)} for {len(seeds)} seeds; expected (n, C, R, R) = {expected} "
+                   f"(data.channels {spec.channels}, data.resolution {spec.resolution}): one image per seed at the spec's size")
+    elif labels is not None and len(labels) != len(seeds):
+        problem = f"was given {len(labels)} labels for {len(seeds)} seeds"  # the caller's bug, named all the same
+    elif images.numel() and not bool(torch.isfinite(images).all()):
+        problem = "returned non-finite values (NaN or inf); check the weights and any division or log in sample()"
+    elif images.numel():
+        low, high = float(images.min()), float(images.max())
+        if low < -1 - RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            problem = (f"returned values in [{low:.4g}, {high:.4g}]; images must be in [-1, 1]: rescale "
+                       "(x / 127.5 - 1 for 0..255, 2x - 1 for 0..1) or clamp(-1, 1)")
+    if problem is not None:
+        raise PluginError(f"{(registry or get_registry()).describe(type(generator))}: sample() {problem}")
+    return images
+
+
 @torch.no_grad()
 def sample_image_set(
     generator: Generator,
@@ -184,7 +224,7 @@ def sample_image_set(
     for start in range(0, n, batch_size):
         seeds = list(range(first_seed + start, first_seed + min(n, start + batch_size)))
         batch_labels = labels[start : start + len(seeds)] if labels is not None else None
-        images.append(generator.sample(seeds, batch_labels, options).float().cpu())
+        images.append(check_samples(generator, generator.sample(seeds, batch_labels, options), seeds, batch_labels).float().cpu())
     return ImageSet(images=torch.cat(images), labels=labels, name=name)
 
 

@@ -51,7 +51,7 @@ from ..data.dataset import Dataset, check_split, load_dataset, load_split, save_
 from ..data.images import save_grid
 from ..errors import ConfigError, FileWriteError, RunDirError, TrainingError
 from ..evaluation.evaluate import evaluate
-from ..evaluation.imagesets import sample_image_set
+from ..evaluation.imagesets import check_samples, sample_image_set
 from ..files import DirectoryLock, write_text_atomic
 from ..interfaces import (
     Batch,
@@ -416,7 +416,8 @@ def snapshot(accelerator: Accelerator, generator: Generator, run: RunInfo, regis
         run.checkpoints = ckpt.list_checkpoints(checkpoint_dir)
         registry.hook.raresynth_checkpoint_written(run=run, path=path)
         seeds = list(range(GRID_SEEDS_OFFSET, GRID_SEEDS_OFFSET + run.config.schedule.grid_size))
-        images = generator.sample(seeds, cycled_labels(run.spec, len(seeds)))
+        labels = cycled_labels(run.spec, len(seeds))
+        images = check_samples(generator, generator.sample(seeds, labels), seeds, labels, registry)
         grid = run.run_dir / "samples" / f"grid-{run.progress.nimg:09d}.png"
         manifest.add(grid)
         save_grid(images, grid)

@@ -12,6 +12,7 @@ import torch
 from ..config import RunConfig, apply_overrides, load_config, validate_params
 from ..data.images import to_uint8
 from ..errors import RunDirError
+from ..evaluation.imagesets import check_samples
 from ..files import atomic_path, write_text_atomic
 from ..interfaces import Generator, Progress
 from ..registry import Registry, get_registry
@@ -92,7 +93,7 @@ def sample_to_folder(
     for start in range(0, n, batch_size):
         seeds = list(range(seed + start, seed + min(n, start + batch_size)))
         batch_labels = labels[start : start + len(seeds)] if labels is not None else None
-        images = to_uint8(generator.sample(seeds, batch_labels, sample_params))
+        images = to_uint8(check_samples(generator, generator.sample(seeds, batch_labels, sample_params), seeds, batch_labels, registry))
         for offset, array in enumerate(images):
             i = start + offset
             with atomic_path(out / names[i]) as temporary:

@@ -14,7 +14,10 @@ One training step, in the order of the phases of [SG2] appendix B::
     EMA      G_ema <- lerp towards G with a half-life of ``ema_kimg`` thousand images.
 
 The backend has no R1 code: R1 is the ``r1`` regularizer plugin and reaches D only
-through :class:`raresynth.PenaltyInputs`, like any third-party regularizer. The
+through :class:`raresynth.PenaltyInputs`, like any third-party regularizer (LeCam
+too). Augmentations other than its own ADA (DiffAugment, ...) are regularizers of
+role ``"augment"`` (:class:`raresynth.Augmentation`), applied after ADA to every
+image D sees; ``augment: none`` with ``diffaugment`` replaces ADA by config alone. The
 Adam settings are corrected for the lazy passes from the regularizers' ``interval``
 (:func:`.loss.lazy_adam`), whatever the regularizers are.
 
@@ -74,7 +77,7 @@ W_CENTER_SEED = 0x5EED
 class StyleGAN2ADA(Generator):
     Params = StyleGAN2ADAParams
     SampleParams = SampleParams
-    regularizer_roles = frozenset({"discriminator", "generator"})
+    regularizer_roles = frozenset({"discriminator", "generator", "augment"})
 
     def __init__(self, params: StyleGAN2ADAParams, spec, regularizers=()):
         super().__init__(params, spec, regularizers)
@@ -187,7 +190,13 @@ class StyleGAN2ADA(Generator):
         return torch.autocast(device_type=self.accelerator.device.type, dtype=self.amp_dtype)
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
-        return self.augment_pipe(images, self.ada.p)
+        """What D sees: ADA's pipeline at the current p, then every configured augmentation
+        (role "augment", e.g. DiffAugment), in config order."""
+        images = self.augment_pipe(images, self.ada.p)
+        for reg in self.regularizers:
+            if reg.role == "augment":
+                images = reg.augment(images)
+        return images
 
     def _latents(self, n: int) -> dict[str, torch.Tensor | None]:
         """z, and for style mixing a second z and per-image cutoffs ([SG1] sec. 3.1)."""

@@ -23,6 +23,18 @@ class PixelGaussianParams(PluginParams):
     lr: float = Field(0.01, gt=0)
 
 
+class PixelGaussianModel(torch.nn.Module):
+    """mu and log sigma per pixel; ``forward(images)`` is the batch's mean negative log-likelihood."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.zeros(shape))
+        self.log_sigma = torch.nn.Parameter(torch.zeros(shape))
+
+    def forward(self, images):
+        return (self.log_sigma + 0.5 * ((images - self.mu) / self.log_sigma.exp()).square()).mean() + 0.5 * math.log(2 * math.pi)
+
+
 class PixelGaussian(Generator):
     """x ~ N(mu, sigma^2) per pixel; loss = Gaussian negative log-likelihood of the batch."""
 
@@ -30,9 +42,9 @@ class PixelGaussian(Generator):
     regularizer_roles = frozenset({"generator"})
 
     def setup(self, accelerator):
-        shape = (self.spec.channels, self.spec.resolution, self.spec.resolution)
-        model = torch.nn.ParameterDict({"mu": torch.nn.Parameter(torch.zeros(shape)), "log_sigma": torch.nn.Parameter(torch.zeros(shape))})
+        model = PixelGaussianModel((self.spec.channels, self.spec.resolution, self.spec.resolution))
         optimizer = torch.optim.Adam(model.parameters(), lr=self.params.lr)
+        # prepare() wraps the model in DistributedDataParallel when there are several processes
         self.model, self.optimizer = accelerator.prepare(model.to(accelerator.device), optimizer)
         self.accelerator = accelerator
 
@@ -40,13 +52,13 @@ class PixelGaussian(Generator):
         return self.accelerator.unwrap_model(self.model)
 
     def train_step(self, batch, progress):
-        net = self._net()
-        mu, log_sigma = net["mu"], net["log_sigma"]
-        nll = (log_sigma + 0.5 * ((batch.images - mu) / log_sigma.exp()).square()).mean() + 0.5 * math.log(2 * math.pi)
+        # Call the prepared module: its forward is what makes DDP average the gradients over processes.
+        nll = self.model(batch.images)
         loss = nll
         for reg in self.regularizers:
-            if reg.due(progress.step):
-                loss = loss + reg.penalty(PenaltyInputs(step=progress.step, model=net))
+            if reg.role == "generator" and reg.due(progress.step):
+                # The penalty is the same on every rank; its gradient joins this backward, which DDP averages.
+                loss = loss + reg.penalty(PenaltyInputs(step=progress.step, model=self._net()))
         self.optimizer.zero_grad()
         self.accelerator.backward(loss)
         self.optimizer.step()
@@ -54,9 +66,9 @@ class PixelGaussian(Generator):
 
     @torch.no_grad()
     def sample(self, seeds, labels=None, options=None):
-        net = self._net()
-        noise = torch.stack([torch.randn(net["mu"].shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
-        return (net["mu"].cpu() + net["log_sigma"].exp().cpu() * noise).clamp(-1, 1)
+        net = self._net()  # main process only: the unwrapped module, no collective
+        noise = torch.stack([torch.randn(net.mu.shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        return (net.mu.cpu() + net.log_sigma.exp().cpu() * noise).clamp(-1, 1)
 
     def state_dict(self):
         return {"model": self._net().state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -80,7 +92,7 @@ class Smoothness(Regularizer):
     role = "generator"
 
     def penalty(self, inputs: PenaltyInputs) -> torch.Tensor:
-        mu = inputs.model["mu"]
+        mu = inputs.model.mu
         tv = (mu[:, 1:, :] - mu[:, :-1, :]).abs().mean() + (mu[:, :, 1:] - mu[:, :, :-1]).abs().mean()
         return self.params.weight * tv
 
