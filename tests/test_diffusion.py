@@ -265,3 +265,26 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     assert weights0.keys() == weights1.keys() and any(key.startswith("/ema/") for key in weights0)
     for key, tensor in weights0.items():
         assert torch.equal(tensor, weights1[key]), key
+
+
+def test_more_sampling_steps_than_training_timesteps_give_finite_images(registry, toy_config):
+    """dpmsolver++ with as many steps as training timesteps (the default on a 10-step schedule) returned NaN images."""
+    from raresynth.config import load_config
+    from raresynth.training import load_run_generator, train
+
+    config = load_config(toy_config(generator={"name": "ddpm", "preset": "tiny", "num_train_timesteps": 10}), registry=registry)
+    run = train(config, registry=registry, progress_bar=False)
+    generator, *_ = load_run_generator(run.run_dir, registry=registry)
+    images = generator.sample([0, 1], None, generator.SampleParams(scheduler="dpmsolver++", steps=10))
+    assert torch.isfinite(images).all() and images.abs().max() <= 1
+
+
+@pytest.mark.parametrize("scheduler_name", ["dpmsolver++", "ddim", "ddpm"])
+@pytest.mark.parametrize("train_timesteps, steps", [(10, 10), (20, 20), (100, 25), (10, 3)])
+def test_sampling_timesteps_are_distinct(scheduler_name, train_timesteps, steps):
+    from raresynth.plugins.diffusion.samplers import make_scheduler, set_distinct_timesteps
+
+    scheduler = make_scheduler(scheduler_name, {"num_train_timesteps": train_timesteps})
+    set_distinct_timesteps(scheduler, steps)
+    timesteps = scheduler.timesteps.tolist()
+    assert len(set(timesteps)) == len(timesteps) and 1 <= len(timesteps) <= min(steps, train_timesteps)

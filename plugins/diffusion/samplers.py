@@ -57,6 +57,21 @@ def make_scheduler(name: str, config: dict[str, Any]):
     raise ValueError(f"unknown scheduler '{name}'; choose one of {', '.join(SCHEDULERS)}")
 
 
+def set_distinct_timesteps(scheduler: Any, steps: int) -> None:
+    """``scheduler.set_timesteps`` with at most ``steps`` steps, none repeated.
+
+    Near the training schedule's length (``steps`` close to ``num_train_timesteps``)
+    diffusers' spacing repeats a timestep, and DPM-Solver++ then divides by a zero step
+    size and returns NaN images; fewer, distinct steps are taken instead.
+    """
+    steps = max(1, min(steps, int(scheduler.config.num_train_timesteps)))
+    while True:
+        scheduler.set_timesteps(steps)
+        if steps == 1 or len(set(scheduler.timesteps.tolist())) == len(scheduler.timesteps):
+            return
+        steps -= 1
+
+
 @torch.no_grad()
 def denoise(
     unet: torch.nn.Module,
@@ -82,7 +97,7 @@ def denoise(
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     # as DDPMPipeline.__call__: the initial noise, then the scheduler's steps with the same generators
     x = randn_tensor((len(seeds), *shape), generator=generators, device=device, dtype=dtype)
-    scheduler.set_timesteps(steps)
+    set_distinct_timesteps(scheduler, steps)
     step_options = {"eta": eta} if eta else {}
     guided = guidance_scale != 1.0
     if labels is not None:
