@@ -18,8 +18,8 @@ from raresynth.bench.report import format_duration, format_number, summarize, wr
 VALUES = {
     "swd": {"metric": "swd", "higher_is_better": False, "dataset_specific": False},
     "precision_domain": {"metric": "prdc", "higher_is_better": True, "dataset_specific": True},
-    "copy_rate": {"metric": "memorization", "higher_is_better": False, "dataset_specific": False},
-    "utility_accuracy": {"metric": "utility", "higher_is_better": True, "dataset_specific": False},
+    "copy_rate": {"metric": "memorization", "higher_is_better": False, "dataset_specific": False, "question": "privacy"},
+    "utility_accuracy": {"metric": "utility", "higher_is_better": True, "dataset_specific": False, "question": "utility"},
 }
 
 
@@ -413,3 +413,35 @@ def test_a_noise_like_model_is_never_crowned_and_reference_rows_are_shown(tmp_pa
         refs = [row for row in csv.DictReader(file) if row["status"] == "reference"]
     assert {(row["variant"], row["value"]) for row in refs} >= {("real", "swd"), ("noise", "swd"), ("copies", "copy_rate")}
     assert (tmp_path / "plots" / "swd.png").is_file()
+
+
+def test_a_value_that_disagrees_with_its_questions_majority_is_not_bold(tmp_path):
+    """Neither model looks like noise; the blurrier one (a) wins most fidelity and diversity values, the noisier one (b)
+    wins SWD and recall: those two are not bold, and the report says why."""
+    names = {"swd": ("lower", "fidelity"), "precision": ("higher", "fidelity"), "fid": ("lower", "fidelity"),
+             "recall": ("higher", "diversity"), "coverage": ("higher", "diversity"), "ms_ssim_gap": ("lower", "diversity")}
+    a = {"swd": 200.0, "precision": 0.9, "fid": 0.10, "recall": 0.70, "coverage": 0.53, "ms_ssim_gap": 0.10}
+    b = {"swd": 185.0, "precision": 0.76, "fid": 0.17, "recall": 0.99, "coverage": 0.51, "ms_ssim_gap": 0.37}
+    real = {"swd": 64.0, "precision": 0.97, "fid": 0.006, "recall": 0.99, "coverage": 0.58, "ms_ssim_gap": 0.02}
+    noise = {"swd": 321.0, "precision": 0.47, "fid": 1.42, "recall": 0.42, "coverage": 0.22, "ms_ssim_gap": 0.35}
+    results = make_results()
+    results["values"] = {n: {"metric": "m", "ideal": i, "question": q, "must_beat": ["noise"], "informative": True, "dataset_specific": False}
+                         for n, (i, q) in names.items()}
+    results["variants"] = [variant("a", "a", [run("a", 0, values=a)]), variant("b", "b", [run("b", 0, values=b)])]
+    results["references"] = {"real": {n: {"value": v} for n, v in real.items()}, "noise": {n: {"value": v} for n, v in noise.items()},
+                             "copies": {n: {"value": v} for n, v in real.items()}}
+    from raresynth.bench.report import question_verdicts
+
+    rows = summarize(results)
+    verdicts = question_verdicts(results, rows)
+    assert verdicts["fidelity"] == {"values": 3, "wins": {"b": 1, "a": 2}, "winner": "a"}
+    assert verdicts["diversity"]["winner"] == "a" and verdicts["diversity"]["wins"] == {"a": 2, "b": 1}
+    text = write_report(results, tmp_path).read_text()
+    (table,) = [t for t in results_tables(text) if t[0][0] == "variant" and len(t[0]) > 2]
+    header = table[0]
+    bold = {name: [row[0] for row in table[2:] if row[header.index(title)].startswith("**")]
+            for name, title in zip(names, header[1:])}
+    assert bold == {"swd": [], "precision": ["a"], "fid": ["a"], "recall": [], "coverage": ["a"], "ms_ssim_gap": ["a"]}
+    assert "`swd`: best mean b (not marked best: 2 of the 3 informative fidelity values prefer a, and this one disagrees)" in text
+    assert "`recall`: best mean b (not marked best: 2 of the 3 informative diversity values prefer a" in text
+    assert "- fidelity: **a** (a 2, b 1, of 3)" in text and "- diversity: **a** (a 2, b 1, of 3)" in text

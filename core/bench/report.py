@@ -299,7 +299,50 @@ def _direction(info: Mapping[str, Any]) -> str:
     return {"higher": " ↑", "lower": " ↓", "real": " ≈"}.get(ideal_of(info), "")
 
 
-def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> set[int]:
+def question_verdicts(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per question (fidelity, diversity, privacy, utility): how many informative values each variant wins.
+
+    ``{question: {"values": n, "wins": {variant: k}, "winner": variant | None}}``; the winner
+    wins more of the question's values than any other variant (``None`` on a tie). A value
+    counts when it has a single best variant (:func:`_value_winners`).
+    """
+    verdicts: dict[str, dict[str, Any]] = {}
+    names = _value_names(results)
+    for name in names:
+        if name.endswith("_std") and name.removesuffix("_std") in names:
+            continue
+        info = _value_info(results, name)
+        winners = _value_winners(rows, name, info, results)
+        if len(winners) != 1:
+            continue
+        verdict = verdicts.setdefault(info.get("question", "fidelity"), {"values": 0, "wins": {}, "winner": None})
+        verdict["values"] += 1
+        winner = rows[next(iter(winners))]["variant"]
+        verdict["wins"][winner] = verdict["wins"].get(winner, 0) + 1
+    for verdict in verdicts.values():
+        ranked = sorted(verdict["wins"].items(), key=lambda item: -item[1])
+        if len(ranked) == 1 or ranked[0][1] > ranked[1][1]:
+            verdict["winner"] = ranked[0][0]
+    return verdicts
+
+
+def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, Any], results: Mapping[str, Any] | None = None,
+               verdicts: Mapping[str, Mapping[str, Any]] | None = None) -> set[int]:
+    """The rows to bold for value ``name``: its best variant (:func:`_value_winners`), unless the majority of
+    the value's question prefers another variant.
+
+    A value whose best variant is not the one most of its question's informative values
+    prefer (SWD preferring high-frequency noise over a blurry but faithful model, say)
+    disagrees with them: nothing is marked, and the verdict line under the table says so.
+    """
+    best = _value_winners(rows, name, info, results)
+    verdict = (verdicts if verdicts is not None else question_verdicts(results or {}, rows)).get(info.get("question", "fidelity"))
+    if best and verdict and verdict.get("winner") is not None and verdict["winner"] not in {rows[i]["variant"] for i in best}:
+        return set()
+    return best
+
+
+def _value_winners(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, Any], results: Mapping[str, Any] | None = None) -> set[int]:
     """Indices of the variant rows with the best finite mean by the value's ideal (all of them on a tie).
 
     None when fewer than two variants have the value, all are equal (a shared
@@ -498,7 +541,7 @@ def _row_label(row: Mapping[str, Any]) -> str:
 
 
 def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
-                 extra: bool, results: Mapping[str, Any] | None = None) -> list[str]:
+                 extra: bool, results: Mapping[str, Any] | None = None, verdicts: Mapping[str, Any] | None = None) -> list[str]:
     """Variants (then reference rows) x values (mean ± std [95% interval], best bold); ``extra`` adds runs, train time, img/s (and peak mem)."""
     header = ["variant"] + [_header(n, infos[n]) for n in names]
     show_memory = extra and any(row.get("peak_mem_gib") is not None for row in rows)  # GPU runs report it, CPU runs do not
@@ -507,7 +550,7 @@ def _value_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos:
     show_kimg = extra and bool((results or {}).get("budget_minutes"))
     header += (["runs", "train time", "img/s"] + (["kimg"] if show_kimg else []) + (["peak mem"] if show_memory else [])
                + (["fidelity (noise 0, real 1)"] if show_position else []) if extra else [])
-    best = {name: _best_rows(rows, name, infos[name], results) for name in names}
+    best = {name: _best_rows(rows, name, infos[name], results, verdicts) for name in names}
     body = []
     for i, row in enumerate(rows):
         cells = [_row_label(row)] + [_cell(row["values"][n], i in best[n], bool(row.get("reference"))) for n in names]
@@ -530,11 +573,11 @@ def _header(name: str, info: Mapping[str, Any]) -> str:
 
 
 def _metric_table(rows: Sequence[Mapping[str, Any]], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
-                  results: Mapping[str, Any] | None = None) -> list[str]:
+                  results: Mapping[str, Any] | None = None, verdicts: Mapping[str, Any] | None = None) -> list[str]:
     """One metric's values: a row per variant, or a row per value when there are more values than variants."""
     if len(names) <= len(rows):
-        return _value_table(rows, names, infos, extra=False, results=results)
-    best = {name: _best_rows(rows, name, infos[name], results) for name in names}
+        return _value_table(rows, names, infos, extra=False, results=results, verdicts=verdicts)
+    best = {name: _best_rows(rows, name, infos[name], results, verdicts) for name in names}
     header = ["value"] + [_row_label(row) for row in rows]
     body = [[_header(name, infos[name])] + [_cell(row["values"][name], i in best[name], bool(row.get("reference"))) for i, row in enumerate(rows)]
             for name in names]
@@ -575,7 +618,8 @@ def comparisons(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapping[str, Mapping[str, Any]],
-                   rows: Sequence[Mapping[str, Any]], tested: Mapping[str, Mapping[str, Any]]) -> list[str]:
+                   rows: Sequence[Mapping[str, Any]], tested: Mapping[str, Mapping[str, Any]],
+                   verdicts: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Per value: uninformative here (with the numbers), or the best variant and its test against each other."""
     labels = {v["name"]: _label(v) for v in _variants(results)}
     lines = []
@@ -604,9 +648,38 @@ def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapp
             gated = info.get("question", "fidelity") in GATED_QUESTIONS
             bolded = (f" (not marked best: its samples look like noise, and the {info.get('question')} of noise is no merit; the best of the "
                       "others is marked)" if gated else " (not marked best: its samples look like noise, see the fidelity position)")
-        elif not _best_rows(rows, name, info, results):
+        elif _value_winners(rows, name, info, results) and not _best_rows(rows, name, info, results, verdicts):
+            verdict = verdicts[info.get("question", "fidelity")]
+            majority = labels.get(verdict["winner"], verdict["winner"])
+            bolded = (f" (not marked best: {verdict['wins'][verdict['winner']]} of the {verdict['values']} informative "
+                      f"{info.get('question', 'fidelity')} values prefer {_md(majority)}, and this one disagrees)")
+        elif not _best_rows(rows, name, info, results, verdicts):
             bolded = " (not marked best: it does not beat the " + " / ".join(LABELS[r] for r in info.get("must_beat") or (NOISE,)) + " reference)"
         lines.append(f"- `{name}`: best mean {_md(labels.get(best, best))}{bolded}; " + "; ".join(parts) + ".")
+    return lines
+
+
+def _summary_lines(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], verdicts: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The verdict by question, from the informative values each variant wins."""
+    if not verdicts:
+        return []
+    labels = {row["variant"]: row["label"] for row in rows}
+    lines = ["", "**Verdict by question** (informative values with a single best variant, of those each variant wins):", ""]
+    for question in ("fidelity", "diversity", "privacy", "utility"):
+        verdict = verdicts.get(question)
+        if not verdict:
+            continue
+        wins = ", ".join(f"{_md(labels.get(v, v))} {k}" for v, k in sorted(verdict["wins"].items(), key=lambda item: -item[1]))
+        winner = f"**{_md(labels.get(verdict['winner'], verdict['winner']))}**" if verdict["winner"] else "no majority"
+        lines.append(f"- {question}: {winner} ({wins}, of {verdict['values']})")
+    fidelity = verdicts.get("fidelity", {}).get("winner")
+    noise_like_rows = [row for row in rows if noise_like(results, row)]
+    if noise_like_rows:
+        lines.append("- noise-like (fidelity position below 0.5): " + ", ".join(_md(row["label"]) for row in noise_like_rows))
+    if fidelity:
+        lines += ["", f"Fidelity comes first: diversity, privacy or utility without it is no merit. By the majority of the "
+                  f"informative fidelity values, the most faithful variant here is {_md(labels.get(fidelity, fidelity))}; "
+                  "see each value's test below before trusting a small difference."]
     return lines
 
 
@@ -624,21 +697,24 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
     rows = summarize(results)
     references = reference_rows(results)
     tested = comparisons(results)
+    verdicts = question_verdicts(results, rows)
     all_names = _value_names(results)
     names = [n for n in all_names if not (n.endswith("_std") and n.removesuffix("_std") in all_names)]
     infos = {name: _value_info(results, name) for name in all_names}
     groups = _groups(results, names)
     lines = ["## Results", ""]
     if len(groups) <= 1:
-        lines += _value_table(rows + references, names, infos, extra=True, results=results)
-        verdicts = _verdict_lines(results, names, infos, rows, tested)
-        lines += ["", *verdicts] if verdicts else []
+        lines += _value_table(rows + references, names, infos, extra=True, results=results, verdicts=verdicts)
+        lines += _summary_lines(results, rows, verdicts)
+        notes = _verdict_lines(results, names, infos, rows, tested, verdicts)
+        lines += ["", *notes] if notes else []
     else:
-        lines += _value_table(rows, [], infos, extra=True, results=results)
+        lines += _value_table(rows, [], infos, extra=True, results=results, verdicts=verdicts)
+        lines += _summary_lines(results, rows, verdicts)
         for metric, members in groups:
-            lines += ["", f"### {_md(metric)}", ""] + _metric_table(rows + references, members, infos, results)
-            verdicts = _verdict_lines(results, members, infos, rows, tested)
-            lines += ["", *verdicts] if verdicts else []
+            lines += ["", f"### {_md(metric)}", ""] + _metric_table(rows + references, members, infos, results, verdicts)
+            notes = _verdict_lines(results, members, infos, rows, tested, verdicts)
+            lines += ["", *notes] if notes else []
     lines += ["", "↓ lower is better, ↑ higher is better, ≈ closest to the *real (held-out)* reference is best. Cells: mean ± "
               "sample standard deviation over the finished seeds (the mean alone with one seed; — when no finished run has "
               "the value), then its 95% interval in brackets: Student's t over seeds, or with one seed the spread over "
