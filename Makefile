@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test test-fast mutation clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked `slow` (multi-process runs, FRD, the longest trainings): the quick check while editing.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-demo:
 	rm -rf runs/bench/default runs/demo

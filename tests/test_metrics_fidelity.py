@@ -16,7 +16,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet, features
-from raresynth.evaluation.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
+from raresynth.evaluation.features import KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
 
 TINY = "raresynth-test-tiny"
 T = "_raresynth_test_tiny"  # value names in a non-standard extractor carry its tag
@@ -64,12 +64,7 @@ if TINY not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor(TINY, TinyRandomExtractor)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    """A fresh feature cache, no weights anywhere, one CPU thread (the test machine is shared)."""
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +141,7 @@ def test_a_custom_extractor_gets_its_weights_file(plugins, data, tmp_path):
 
 
 def test_missing_inception_weights_say_which_file_its_checksum_where_to_get_and_put_it(plugins, data, tmp_path):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="never downloads") as info:
         metric(plugins, data, "fid")  # the default extractor: Inception, from a local file only
     message = str(info.value)
     known = KNOWN_WEIGHTS["inception-v3-compat"]

@@ -19,7 +19,6 @@ from raresynth.cli import main
 from raresynth.config import load_config
 from raresynth.data import load_dataset
 from raresynth.data.images import to_uint8
-from raresynth.evaluation.features import CACHE_ENV
 from raresynth.plugins.memorization.audit import audit_space, copy_threshold, mann_whitney_z
 from raresynth.training import train
 
@@ -27,9 +26,7 @@ PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
 FAST_DOMAIN = {"epochs": 3}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from scipy import ndimage
 
 from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet
-from raresynth.evaluation.features import CACHE_ENV
 from raresynth.evaluation.similarity import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, ssim
 from raresynth.plugins.weightfree import frd_available
 from raresynth.plugins.weightfree.prdc import prdc
@@ -22,9 +21,7 @@ SIGMAS = (0.0, 0.1, 0.2, 0.4)
 FAST_DOMAIN = {"epochs": 3}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module", params=[3, 1], ids=["rgb", "gray"])
@@ -268,9 +265,8 @@ def test_swd_equals_the_papers_definition_computed_with_numpy_and_scipy(plugins,
 @pytest.mark.parametrize("channels", [1, 3])
 def test_ssim_equals_scikit_image_with_the_papers_settings(channels):
     """Wang et al. 2004: Gaussian weights, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population covariances."""
-    from skimage.metrics import structural_similarity
-
     from skimage import data as skdata
+    from skimage.metrics import structural_similarity
 
     camera = torch.from_numpy(skdata.camera()[::8, ::8].astype(np.float64) / 127.5 - 1)[None, None]  # 64x64, a real photograph
     generator = torch.Generator().manual_seed(0)
@@ -295,9 +291,8 @@ def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_ms_ssim_equals_its_definition_on_scikit_image_ssim():
     """Wang et al. 2003, eq. 7: cs at the finer scales, SSIM at the coarsest, 2x2 mean pooling, renormalized exponents."""
-    from skimage.metrics import structural_similarity
-
     from skimage import data as skdata
+    from skimage.metrics import structural_similarity
 
     astronaut = skdata.astronaut()[::8, ::8].astype(np.float64)  # 64x64x3
     x = torch.from_numpy(astronaut / 127.5 - 1).permute(2, 0, 1)[None]
