@@ -26,6 +26,12 @@ def registry():
     set_registry(None)
 
 
+@pytest.fixture(scope="module")
+def format_registry():
+    """The installed data formats only (the data tests need no backend or metric)."""
+    return load_plugins(only=["formats"])
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models on a shared CPU: one thread avoids oversubscription and is several times faster."""
@@ -33,6 +39,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated_features(tmp_path, monkeypatch, one_thread):
+    """A fresh feature cache, no weights anywhere and no torch hub (nothing is ever downloaded), one CPU thread.
+
+    Every metric test module uses it: ``pytestmark = pytest.mark.usefixtures("isolated_features")``.
+    """
+    from raresynth.evaluation.features import CACHE_ENV, WEIGHTS_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,15 @@ from raresynth.data import load_dataset
 HERE = Path(__file__).parent
 
 
+def save_png(path: Path, pixels) -> Path:
+    """Write a uint8 array as a PNG file, creating its folder."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
 def fixture_plugins_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess that must see the fixture plugin ``dcgan`` (tests/dcgan_plugin)."""
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH", "")]))

@@ -118,7 +118,7 @@ def test_every_bad_variant_is_reported_before_anything_runs(tmp_path, registry):
         "unknown": {"generator": "stylegan3"},
         "bad_sample": {"generator": "toy", "sample": {"scale": "big"}},
     })
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ConfigError, match="variant 'typo': generator.lrr: unknown field") as error:
         prepare_benchmark(path, registry=registry)
     message = str(error.value)
     assert "variant 'typo': generator.lrr: unknown field" in message and "Did you mean 'lr'" in message
@@ -230,11 +230,11 @@ def test_an_interrupted_benchmark_resumes_where_it_stopped(tmp_path, registry, m
     def train_then_interrupt(config, **kwargs):
         started.append(config.seed)
         if len(started) == 2:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("Ctrl-C during the second run")
         return original(config, **kwargs)
 
     monkeypatch.setattr(bench, "train", train_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C during the second run"):
         run(path, registry)
     monkeypatch.setattr(bench, "train", original)
     trains = count_calls(monkeypatch, "train")

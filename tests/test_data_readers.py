@@ -17,20 +17,12 @@ import pydicom
 import pytest
 import skimage.data
 import tifffile
-from PIL import Image
 
+from helpers import save_png
+from medical_files import ANATOMICAL, EXAMPLE_4D, PYDICOM_FILES
 from raresynth import DataError, RawImage, Record
 from raresynth.config import DataConfig, IntensityConfig
 from raresynth.data import inspect_source, load_dataset, preprocess, resolve_format
-from raresynth.registry import load_plugins
-
-from medical_files import ANATOMICAL, EXAMPLE_4D, PYDICOM_FILES
-
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_plugins(only=["formats"])
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +36,9 @@ def samples() -> dict[str, np.ndarray]:
     }
 
 
-def make_format(registry, name, **options):
-    cls = registry.data_format(name)
+def make_format(format_registry, name, **options):
+    cls = format_registry.data_format(name)
     return cls(cls.Params(**options))
-
-
-def save_png(path: Path, pixels: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
 
 
 def unit(record_id: str = "x") -> Record:
@@ -64,7 +50,7 @@ def unit(record_id: str = "x") -> Record:
 # ---------------------------------------------------------------------------
 
 
-def test_image_folder_reads_png_jpeg_bmp_with_labels_from_subfolders(tmp_path, registry, samples):
+def test_image_folder_reads_png_jpeg_bmp_with_labels_from_subfolders(tmp_path, format_registry, samples):
     save_png(tmp_path / "benign" / "retina.png", samples["retina"])
     save_png(tmp_path / "benign" / "ihc.jpg", samples["ihc"])
     save_png(tmp_path / "malignant" / "cell.png", samples["cell"])
@@ -72,14 +58,14 @@ def test_image_folder_reads_png_jpeg_bmp_with_labels_from_subfolders(tmp_path, r
     (tmp_path / "malignant" / ".hidden.png").write_text("ignored: hidden")
     (tmp_path / "benign" / "notes.txt").write_text("ignored: not an image extension")
 
-    records = make_format(registry, "image_folder").scan(tmp_path)
+    records = make_format(format_registry, "image_folder").scan(tmp_path)
     assert {r.id: r.label for r in records} == {
         "benign/ihc.jpg": "benign",
         "benign/retina.png": "benign",
         "malignant/cell.png": "malignant",
         "malignant/nested/micro.bmp": "malignant",
     }
-    dataset = load_dataset(DataConfig(source=str(tmp_path), resolution=16, channels=3), registry)
+    dataset = load_dataset(DataConfig(source=str(tmp_path), resolution=16, channels=3), format_registry)
     assert dataset.format == "image_folder"
     assert dataset.spec.class_names == ("benign", "malignant")
     assert len(dataset.train) + len(dataset.held_out) == 4
@@ -88,18 +74,18 @@ def test_image_folder_reads_png_jpeg_bmp_with_labels_from_subfolders(tmp_path, r
     assert -1 <= dataset.train.images.min() and dataset.train.images.max() <= 1
 
 
-def test_image_folder_accepts_a_single_file(tmp_path, registry, samples):
+def test_image_folder_accepts_a_single_file(tmp_path, format_registry, samples):
     path = save_png(tmp_path / "retina.png", samples["retina"])
-    records = make_format(registry, "image_folder").scan(path)
+    records = make_format(format_registry, "image_folder").scan(path)
     assert [(r.id, r.label) for r in records] == [("retina.png", None)]
-    raw = make_format(registry, "image_folder").read(records[0])
+    raw = make_format(format_registry, "image_folder").read(records[0])
     np.testing.assert_array_equal(raw.pixels, samples["retina"])
 
 
-def test_16_bit_tiff_keeps_more_than_256_levels(tmp_path, registry, samples):
+def test_16_bit_tiff_keeps_more_than_256_levels(tmp_path, format_registry, samples):
     gray16 = (skimage.color.rgb2gray(samples["retina"]) * 65535).astype(np.uint16)
     tifffile.imwrite(tmp_path / "gray16.tif", gray16)
-    fmt = make_format(registry, "image_folder")
+    fmt = make_format(format_registry, "image_folder")
     raw = fmt.read(fmt.scan(tmp_path / "gray16.tif")[0])
     assert raw.pixels.dtype == np.uint16
     np.testing.assert_array_equal(raw.pixels, gray16)
@@ -109,19 +95,19 @@ def test_16_bit_tiff_keeps_more_than_256_levels(tmp_path, registry, samples):
     np.testing.assert_allclose(out[0], gray16 / 65535 * 2 - 1, atol=1e-6)
 
 
-def test_16_bit_rgb_tiff_is_read_through_tifffile(tmp_path, registry, samples):
+def test_16_bit_rgb_tiff_is_read_through_tifffile(tmp_path, format_registry, samples):
     rgb16 = samples["retina"].astype(np.uint16) * 257
     tifffile.imwrite(tmp_path / "rgb16.tiff", rgb16, photometric="rgb")
-    fmt = make_format(registry, "image_folder")
+    fmt = make_format(format_registry, "image_folder")
     raw = fmt.read(fmt.scan(tmp_path / "rgb16.tiff")[0])
     assert raw.pixels.dtype == np.uint16 and raw.pixels.shape == (64, 64, 3)
     np.testing.assert_array_equal(raw.pixels, rgb16)
 
 
-def test_multi_page_tiff_gives_one_record_per_page(tmp_path, registry, samples):
+def test_multi_page_tiff_gives_one_record_per_page(tmp_path, format_registry, samples):
     pages = np.stack([samples["ihc"][:, :, c].astype(np.uint16) * 257 for c in range(3)])
     tifffile.imwrite(tmp_path / "stack.tif", pages, photometric="minisblack")
-    fmt = make_format(registry, "image_folder")
+    fmt = make_format(format_registry, "image_folder")
     records = fmt.scan(tmp_path)
     assert [r.id for r in records] == ["stack.tif#page=0", "stack.tif#page=1", "stack.tif#page=2"]
     assert {r.group for r in records} == {"stack.tif"}
@@ -133,8 +119,8 @@ def test_multi_page_tiff_gives_one_record_per_page(tmp_path, registry, samples):
 # ---------------------------------------------------------------------------
 
 
-def test_dicom_applies_the_modality_lut_and_keeps_the_header_window(registry):
-    fmt = make_format(registry, "dicom")
+def test_dicom_applies_the_modality_lut_and_keeps_the_header_window(format_registry):
+    fmt = make_format(format_registry, "dicom")
     ct = pydicom.dcmread(PYDICOM_FILES / "CT_small.dcm")
     raw = fmt.read(fmt.scan(PYDICOM_FILES / "CT_small.dcm")[0])
     expected = ct.pixel_array * float(ct.RescaleSlope) + float(ct.RescaleIntercept)
@@ -144,9 +130,9 @@ def test_dicom_applies_the_modality_lut_and_keeps_the_header_window(registry):
     assert mr.window == (600.0, 1600.0)
 
 
-def test_dicom_series_folder_of_files_without_extension(registry):
+def test_dicom_series_folder_of_files_without_extension(format_registry):
     folder = PYDICOM_FILES / "dicomdirtests" / "98892003" / "MR700"
-    records = make_format(registry, "dicom").scan(folder)
+    records = make_format(format_registry, "dicom").scan(folder)
     assert [r.id for r in records] == sorted(os.listdir(folder))
     groups = {r.group for r in records}
     assert len(groups) == 1  # one series: one group
@@ -155,13 +141,13 @@ def test_dicom_series_folder_of_files_without_extension(registry):
     assert len(group) == 16 and all(c in "0123456789abcdef" for c in group)
     assert group not in (header.StudyInstanceUID, header.SeriesInstanceUID)  # a hash, no identifier copied
     assert all(r.meta == {} and r.label is None for r in records)
-    dataset = load_dataset(DataConfig(source=str(folder), resolution=16), registry)
+    dataset = load_dataset(DataConfig(source=str(folder), resolution=16), format_registry)
     assert dataset.format == "dicom" and len(dataset.train) == 7
 
 
-def test_dicom_exposes_an_attribute_to_the_core_but_records_never_hold_it(registry):
+def test_dicom_exposes_an_attribute_to_the_core_but_records_never_hold_it(format_registry):
     study = PYDICOM_FILES / "dicomdirtests" / "98892003"  # real files: one patient, seven series
-    fmt = make_format(registry, "dicom")
+    fmt = make_format(format_registry, "dicom")
     records = fmt.scan(study)
     headers = {r.id: pydicom.dcmread(study / r.id, stop_before_pixels=True) for r in records}
     (patient_id,) = {str(h.PatientID) for h in headers.values()}
@@ -175,19 +161,19 @@ def test_dicom_exposes_an_attribute_to_the_core_but_records_never_hold_it(regist
     frames = fmt.scan(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm")
     expected = str(pydicom.dcmread(PYDICOM_FILES / "SC_rgb_rle_2frame.dcm", stop_before_pixels=True).PatientID)
     assert [fmt.attribute_value(r, "PatientID") for r in frames] == [expected, expected]
-    dataset = load_dataset(DataConfig(source=str(study), resolution=16), registry)
+    dataset = load_dataset(DataConfig(source=str(study), resolution=16), format_registry)
     assert dataset.grouping.group_by == "PatientID" and len(set(dataset.grouping.keys.values())) == 1
     assert dataset.split["held_out"] == []  # one patient: nothing to hold out without splitting them
 
 
-def test_inspect_reports_groups_and_tries_a_grouping(registry, capsys):
+def test_inspect_reports_groups_and_tries_a_grouping(format_registry, capsys):
     from raresynth.cli import main
 
     study = PYDICOM_FILES / "dicomdirtests" / "98892003"
-    report = inspect_source(study, registry=registry)
+    report = inspect_source(study, registry=format_registry)
     assert (report.group_by, report.num_groups, report.largest_group, report.group_fallback) == ("PatientID", 1, 17, 0)
     assert "groups:   1 by PatientID, the largest of 17 image(s)" in report.to_text()
-    by_series = inspect_source(study, registry=registry, group_by="SeriesInstanceUID")
+    by_series = inspect_source(study, registry=format_registry, group_by="SeriesInstanceUID")
     assert (by_series.num_groups, by_series.largest_group) == (7, 7)  # MR700 is one series of 7 files
     assert main(["data", "inspect", str(study), "--group-by", r"regex:^(MR\d+)/", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -196,20 +182,20 @@ def test_inspect_reports_groups_and_tries_a_grouping(registry, capsys):
     assert capsys.readouterr().err.strip().startswith("error: --group-by: regex:MR has 0 capture groups; it needs exactly one")
 
 
-def test_dicom_multi_frame_file_gives_one_record_per_frame(registry):
+def test_dicom_multi_frame_file_gives_one_record_per_frame(format_registry):
     path = PYDICOM_FILES / "SC_rgb_rle_2frame.dcm"  # RLE: decoded by pydicom itself
-    fmt = make_format(registry, "dicom")
+    fmt = make_format(format_registry, "dicom")
     records = fmt.scan(path)
     assert [r.id for r in records] == ["SC_rgb_rle_2frame.dcm#frame=0", "SC_rgb_rle_2frame.dcm#frame=1"]
     frames = pydicom.dcmread(path).pixel_array
     np.testing.assert_array_equal(fmt.read(records[1]).pixels, frames[1])
 
 
-def test_monochrome1_is_inverted_with_its_window(tmp_path, registry):
+def test_monochrome1_is_inverted_with_its_window(tmp_path, format_registry):
     dataset = pydicom.dcmread(PYDICOM_FILES / "MR_small.dcm")
     dataset.PhotometricInterpretation = "MONOCHROME1"
     dataset.save_as(tmp_path / "mono1.dcm")
-    fmt = make_format(registry, "dicom")
+    fmt = make_format(format_registry, "dicom")
     normal = fmt.read(fmt.scan(PYDICOM_FILES / "MR_small.dcm")[0])
     inverted = fmt.read(fmt.scan(tmp_path / "mono1.dcm")[0])
     total = int(normal.pixels.min()) + int(normal.pixels.max())
@@ -224,15 +210,15 @@ def test_monochrome1_is_inverted_with_its_window(tmp_path, registry):
 # ---------------------------------------------------------------------------
 
 
-def test_nifti_gives_one_record_per_non_empty_slice_grouped_by_volume(registry):
+def test_nifti_gives_one_record_per_non_empty_slice_grouped_by_volume(format_registry):
     volume = np.asarray(nibabel.as_closest_canonical(nibabel.load(ANATOMICAL)).dataobj, dtype=np.float32)
     non_empty = [z for z in range(volume.shape[2]) if np.ptp(volume[:, :, z]) > 0]
-    records = make_format(registry, "nifti").scan(ANATOMICAL)
+    records = make_format(format_registry, "nifti").scan(ANATOMICAL)
     assert [r.index for r in records] == non_empty
     assert records[0].id == f"anatomical.nii#z={non_empty[0]}"
     assert {r.group for r in records} == {"anatomical.nii"}
-    assert len(make_format(registry, "nifti", skip_empty=False).scan(ANATOMICAL)) == volume.shape[2]
-    sagittal = make_format(registry, "nifti", axis=0, skip_empty=False)
+    assert len(make_format(format_registry, "nifti", skip_empty=False).scan(ANATOMICAL)) == volume.shape[2]
+    sagittal = make_format(format_registry, "nifti", axis=0, skip_empty=False)
     records = sagittal.scan(ANATOMICAL)
     assert len(records) == volume.shape[0]
     raw = sagittal.read(records[5])
@@ -240,7 +226,7 @@ def test_nifti_gives_one_record_per_non_empty_slice_grouped_by_volume(registry):
     np.testing.assert_array_equal(raw.pixels, np.rot90(volume[5]))
 
 
-def test_nifti_reorients_every_volume_to_the_same_axes(tmp_path, registry):
+def test_nifti_reorients_every_volume_to_the_same_axes(tmp_path, format_registry):
     """A copy stored with the x axis flipped (and its affine saying so) reads the same."""
     original = nibabel.load(ANATOMICAL)
     data = np.asarray(original.dataobj)
@@ -249,14 +235,14 @@ def test_nifti_reorients_every_volume_to_the_same_axes(tmp_path, registry):
     flipped = nibabel.Nifti1Image(data[::-1].copy(), original.affine @ flip)
     nibabel.save(flipped, tmp_path / "flipped.nii.gz")
     shutil.copy(ANATOMICAL, tmp_path / "original.nii")
-    fmt = make_format(registry, "nifti")
+    fmt = make_format(format_registry, "nifti")
     records = {r.id: r for r in fmt.scan(tmp_path)}
     np.testing.assert_array_equal(fmt.read(records["flipped.nii.gz#z=12"]).pixels, fmt.read(records["original.nii#z=12"]).pixels)
 
 
-def test_nifti_4d_volume_option_picks_the_time_point(registry):
-    first = make_format(registry, "nifti", volume=0)
-    second = make_format(registry, "nifti", volume=1)
+def test_nifti_4d_volume_option_picks_the_time_point(format_registry):
+    first = make_format(format_registry, "nifti", volume=0)
+    second = make_format(format_registry, "nifti", volume=1)
     record = first.scan(EXAMPLE_4D)[10]
     data = np.asarray(nibabel.as_closest_canonical(nibabel.load(EXAMPLE_4D)).dataobj[..., 1], dtype=np.float32)
     np.testing.assert_array_equal(second.read(record).pixels, np.rot90(data[:, :, record.index]))
@@ -280,26 +266,26 @@ def write_medmnist(path: Path, image: np.ndarray, counts=(6, 2, 2)) -> dict[str,
     return arrays
 
 
-def test_npz_medmnist_layout_with_file_split_and_labels(tmp_path, registry, samples):
+def test_npz_medmnist_layout_with_file_split_and_labels(tmp_path, format_registry, samples):
     arrays = write_medmnist(tmp_path / "cellmnist.npz", samples["cell"])
-    records = make_format(registry, "npz").scan(tmp_path / "cellmnist.npz")
+    records = make_format(format_registry, "npz").scan(tmp_path / "cellmnist.npz")
     assert [r.id for r in records][:2] == ["train#0", "train#1"]
     assert [r.split for r in records] == ["train"] * 8 + ["held_out"] * 2
     assert [r.label for r in records[:3]] == ["0", "1", "0"]
-    named = make_format(registry, "npz", class_names=["normal", "abnormal"])
+    named = make_format(format_registry, "npz", class_names=["normal", "abnormal"])
     assert named.scan(tmp_path / "cellmnist.npz")[1].label == "abnormal"
     np.testing.assert_array_equal(named.read(records[9]).pixels, arrays["test_images"][1])
-    dataset = load_dataset(DataConfig(source=str(tmp_path / "cellmnist.npz"), resolution=16), registry)
+    dataset = load_dataset(DataConfig(source=str(tmp_path / "cellmnist.npz"), resolution=16), format_registry)
     assert dataset.format == "npz"
     assert dataset.split["held_out"] == ["test#0", "test#1"]
     assert dataset.spec.class_names == ("0", "1") and dataset.spec.num_train == 8
     assert dataset.held_out.labels.tolist() == [0, 1]
 
 
-def test_npz_plain_rgb_images_without_file_split(tmp_path, registry, samples):
+def test_npz_plain_rgb_images_without_file_split(tmp_path, format_registry, samples):
     images = np.stack([samples["ihc"][i : i + 32, i : i + 32] for i in range(0, 30, 3)])  # (10, 32, 32, 3)
     np.savez(tmp_path / "plain.npz", images=images, labels=np.arange(10) % 3)
-    fmt = make_format(registry, "npz", use_file_split=False)
+    fmt = make_format(format_registry, "npz", use_file_split=False)
     records = fmt.scan(tmp_path / "plain.npz")
     assert [r.id for r in records][:2] == ["images#0", "images#1"]
     assert all(r.split is None for r in records) and records[5].label == "2"
@@ -311,7 +297,7 @@ def test_npz_plain_rgb_images_without_file_split(tmp_path, registry, samples):
 # ---------------------------------------------------------------------------
 
 
-def test_format_auto_detects_each_source(tmp_path, registry, samples):
+def test_format_auto_detects_each_source(tmp_path, format_registry, samples):
     save_png(tmp_path / "pngs" / "a.png", samples["cell"])
     write_medmnist(tmp_path / "m.npz", samples["cell"])
     sources = {
@@ -321,15 +307,15 @@ def test_format_auto_detects_each_source(tmp_path, registry, samples):
         "npz": tmp_path / "m.npz",
     }
     for name, source in sources.items():
-        assert type(resolve_format(DataConfig(source=str(source)), registry)) is registry.data_format(name)
+        assert type(resolve_format(DataConfig(source=str(source)), format_registry)) is format_registry.data_format(name)
 
 
-def test_inspect_reports_counts_sizes_and_problems(tmp_path, registry, samples):
+def test_inspect_reports_counts_sizes_and_problems(tmp_path, format_registry, samples):
     save_png(tmp_path / "a" / "one.png", samples["retina"])
     save_png(tmp_path / "a" / "two.png", samples["ihc"])
     save_png(tmp_path / "b" / "three.png", samples["cell"])
     (tmp_path / "b" / "broken.png").write_bytes(b"")
-    report = inspect_source(tmp_path, registry=registry)
+    report = inspect_source(tmp_path, registry=format_registry)
     assert report.format == "image_folder" and report.num_records == 4 and report.num_readable == 3
     assert report.label_counts == {"a": 2, "b": 2}
     assert report.sizes == {"64x64": 2, "83x69": 1}
@@ -356,8 +342,8 @@ def test_window_mode_maps_the_window_edges_to_minus_one_and_one():
     np.testing.assert_allclose(out[0, 0], np.linspace(-1, 1, 16), atol=1e-5)
 
 
-def test_window_mode_on_a_real_mr_uses_the_file_window_in_auto_mode(registry):
-    fmt = make_format(registry, "dicom")
+def test_window_mode_on_a_real_mr_uses_the_file_window_in_auto_mode(format_registry):
+    fmt = make_format(format_registry, "dicom")
     raw = fmt.read(fmt.scan(PYDICOM_FILES / "MR_small.dcm")[0])  # 64x64, window (600, 1600)
     expected = np.clip((raw.pixels.astype(np.float64) - (600 - 800)) / 1600, 0, 1) * 2 - 1
     window = preprocess(raw, DataConfig(resolution=64, intensity=IntensityConfig(mode="window")), unit())
@@ -366,13 +352,13 @@ def test_window_mode_on_a_real_mr_uses_the_file_window_in_auto_mode(registry):
     np.testing.assert_array_equal(auto, window)
 
 
-def test_intensity_modes_on_real_images(registry, samples):
+def test_intensity_modes_on_real_images(format_registry, samples):
     retina = RawImage(samples["retina"])
     dtype = preprocess(retina, DataConfig(resolution=64, channels=3, intensity=IntensityConfig(mode="dtype")), unit())
     np.testing.assert_allclose(dtype, samples["retina"].transpose(2, 0, 1) / 255 * 2 - 1, atol=1e-6)
     minmax = preprocess(retina, DataConfig(resolution=64, channels=3, intensity=IntensityConfig(mode="minmax")), unit())
     assert minmax.min() == -1.0 and minmax.max() == 1.0
-    fmt = make_format(registry, "dicom")
+    fmt = make_format(format_registry, "dicom")
     ct = fmt.read(fmt.scan(PYDICOM_FILES / "CT_small.dcm")[0])  # no window in the header: auto uses percentiles
     percentile = preprocess(ct, DataConfig(resolution=128, intensity=IntensityConfig(mode="percentile", percentiles=(5, 95))), unit())
     low, high = np.percentile(ct.pixels, [5, 95])

@@ -125,20 +125,27 @@ def test_format_needs_no_source_and_is_never_auto_detected(tmp_path):
 
 
 def test_unknown_class_names_the_available_ones():
-    with pytest.raises(pydantic.ValidationError) as info:
+    with pytest.raises(pydantic.ValidationError, match="'xray'") as info:
         EmbeddedMedical.Params(classes=["fundus", "xray"])
     message = str(info.value)
     assert "'xray'" in message and "fundus" in message and "histology" in message
 
 
-@pytest.mark.parametrize("options", [{"classes": []}, {"classes": ["fundus", "fundus"]}, {"train_per_class": 0}, {"held_out_fraction_of_area": 1.0}, {"seed": -1}, {"unknown": 1}])
-def test_bad_options_are_rejected(options):
-    with pytest.raises(pydantic.ValidationError):
+@pytest.mark.parametrize(("options", "why"), [
+    ({"classes": []}, "classes\n.*choose at least one class; available classes: fundus, histology"),
+    ({"classes": ["fundus", "fundus"]}, "classes\n.*class 'fundus' is listed twice"),
+    ({"train_per_class": 0}, "train_per_class\n.*greater than or equal to 1"),
+    ({"held_out_fraction_of_area": 1.0}, "held_out_fraction_of_area\n.*less than 1"),
+    ({"seed": -1}, "seed\n.*greater than or equal to 0"),
+    ({"unknown": 1}, "unknown\n.*Extra inputs are not permitted"),
+])
+def test_bad_options_are_rejected(options, why):
+    with pytest.raises(pydantic.ValidationError, match=why):
         EmbeddedMedical.Params(**options)
 
 
 def test_crop_too_large_names_the_class_and_the_maximum():
-    with pytest.raises(pydantic.ValidationError) as info:
+    with pytest.raises(pydantic.ValidationError, match="maximum is 128") as info:
         EmbeddedMedical.Params(crop_size=200)
     message = str(info.value)
     assert "'histology'" in message and "maximum is 128" in message

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 
+import numpy as np
+import pydantic
 import pytest
+import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from helpers import embedded_data, metric, noisy, values
-from raresynth import ConfigError, ImageSet
-from raresynth.evaluation.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
+from raresynth import ConfigError, ImageSet, features
+from raresynth.evaluation.features import KNOWN_WEIGHTS, WEIGHTS_ENV, default_cache, resolve_weights
 
 TINY = "raresynth-test-tiny"
 T = "_raresynth_test_tiny"  # value names in a non-standard extractor carry its tag
@@ -60,12 +64,7 @@ if TINY not in FEATURE_EXTRACTORS_REGISTRY:
     register_feature_extractor(TINY, TinyRandomExtractor)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    """A fresh feature cache, no weights anywhere, one CPU thread (the test machine is shared)."""
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +121,7 @@ def test_the_domain_embedding_labels_its_values(plugins, data):
     fid = metric(plugins, data, "fid", embedding="domain", domain_embedding={"epochs": 2})
     result = values(fid, data, data.train)
     assert list(result) == ["fid_domain"] and abs(result["fid_domain"]) < 1e-6
-    with pytest.raises(Exception, match="Inception Score needs a classifier's logits"):
+    with pytest.raises(pydantic.ValidationError, match="Inception Score needs a classifier's logits"):
         metric(plugins, data, "isc", embedding="domain")
 
 
@@ -142,7 +141,7 @@ def test_a_custom_extractor_gets_its_weights_file(plugins, data, tmp_path):
 
 
 def test_missing_inception_weights_say_which_file_its_checksum_where_to_get_and_put_it(plugins, data, tmp_path):
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="never downloads") as info:
         metric(plugins, data, "fid")  # the default extractor: Inception, from a local file only
     message = str(info.value)
     known = KNOWN_WEIGHTS["inception-v3-compat"]
@@ -194,3 +193,68 @@ def test_the_standard_inception_path_runs_offline_from_a_local_file(plugins, dat
     assert list(result) == ["kid_mean", "kid_std"]  # the standard extractor: no suffix
     with pytest.raises(ConfigError, match="is not the expected"):
         metric(plugins, data, "kid")  # verify_weights (the default) refuses a file that is not the published one
+
+
+# -- against independent computations ------------------------------------------------
+
+
+def _extractor_features(m, data, image_set) -> np.ndarray:
+    """The features the metric's extractor gives ``image_set`` (float64), as torch-fidelity would see them."""
+    embedding = m.params.build_embedding(data.train, m.extractor, m.metric)
+    return features(image_set, embedding).double().numpy()
+
+
+def _numpy_fid(real: np.ndarray, fake: np.ndarray) -> float:
+    """Heusel et al. 2017, eq. 6: |mu_r - mu_f|^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2))."""
+    mu_r, mu_f = real.mean(axis=0), fake.mean(axis=0)
+    s_r, s_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    root = scipy.linalg.sqrtm(s_r @ s_f).real
+    return float(((mu_r - mu_f) ** 2).sum() + np.trace(s_r) + np.trace(s_f) - 2 * np.trace(root))
+
+
+def _numpy_kid(real: np.ndarray, fake: np.ndarray) -> float:
+    """Bińkowski et al. 2018, eq. 4: the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3."""
+    d = real.shape[1]
+    k_rr, k_ff, k_rf = ((a @ b.T / d + 1) ** 3 for a, b in ((real, real), (fake, fake), (real, fake)))
+    m, n = len(real), len(fake)
+    return float((k_rr.sum() - np.trace(k_rr)) / (m * (m - 1)) + (k_ff.sum() - np.trace(k_ff)) / (n * (n - 1))
+                 - 2 * k_rf.mean())
+
+
+@pytest.mark.parametrize("reference", ["train", "held_out"])
+def test_fid_equals_numpy_and_scipy_sqrtm_on_the_extractors_features(plugins, data, reference):
+    fid = metric(plugins, data, "fid", embedding=TINY, reference=reference)
+    real_set = data.train if reference == "train" else data.held_out
+    synthetic = noisy(ImageSet(data.train.images[:40], data.train.labels[:40]), 0.2)
+    expected = _numpy_fid(_extractor_features(fid, data, real_set), _extractor_features(fid, data, synthetic))
+    assert values(fid, data, synthetic)[f"fid{T}"] == pytest.approx(expected, rel=1e-6)
+    assert expected > 1e-3  # a real difference, not two zeros
+
+
+def test_kid_equals_the_unbiased_mmd_computed_with_numpy(plugins, data):
+    """With subsets as large as the sets, every subset is the whole set: the mean is the MMD^2 itself, the spread 0."""
+    kid = metric(plugins, data, "kid", embedding=TINY, kid_subsets=3)
+    synthetic = noisy(data.train, 0.3)
+    result = values(kid, data, synthetic)
+    expected = _numpy_kid(_extractor_features(kid, data, data.train), _extractor_features(kid, data, synthetic))
+    assert result[f"kid_mean{T}"] == pytest.approx(expected, rel=1e-6)
+    assert result[f"kid_std{T}"] == pytest.approx(0.0, abs=1e-12)
+    assert expected > 1e-4
+
+
+def _constant_images(offsets) -> ImageSet:
+    """Flat 32x32 RGB images at 8-bit grey levels 20 + offset: in pixel space, points on a line (distances scale by sqrt(D))."""
+    levels = torch.tensor([20.0 + o for o in offsets])
+    return ImageSet((levels / 127.5 - 1).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous())
+
+
+def test_prc_on_asymmetric_sets_with_known_answers(plugins, data):
+    """Kynkäänniemi et al. 2019, k = 1: real points 0, 10, 20, 30, 100 (radii 10, 10, 10, 10, 70) and synthetic
+    1, 29, 200, 210, 220 (radii 28, 28, 10, 10, 10). Precision: 1 and 29 lie in real balls (2/5); recall: every real
+    point but 100 lies in a synthetic ball (4/5). Real and synthetic swapped would give 4/5 and 2/5."""
+    real, fake = _constant_images((0, 10, 20, 30, 100)), _constant_images((1, 29, 200, 210, 220))
+    result = values(metric(plugins, data, "prc", embedding="pixels", neighborhood=1),
+                    SimpleNamespace(train=real, held_out=real, spec=data.spec), fake)
+    f_score = 2 * (2 / 5) * (4 / 5) / (2 / 5 + 4 / 5)
+    assert result == {"prc_precision_pixels": pytest.approx(2 / 5), "prc_recall_pixels": pytest.approx(4 / 5),
+                      "prc_f_score_pixels": pytest.approx(f_score)}

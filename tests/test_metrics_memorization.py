@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from scipy.stats import mannwhitneyu
 
 from helpers import embedded_data
 from raresynth import ConfigError, ImageSet
@@ -17,17 +19,14 @@ from raresynth.cli import main
 from raresynth.config import load_config
 from raresynth.data import load_dataset
 from raresynth.data.images import to_uint8
-from raresynth.evaluation.features import CACHE_ENV
-from raresynth.plugins.memorization.audit import mann_whitney_z
+from raresynth.plugins.memorization.audit import audit_space, copy_threshold, mann_whitney_z
 from raresynth.training import train
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
 FAST_DOMAIN = {"epochs": 3}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +62,13 @@ def test_planted_training_images_are_flagged_as_copies(plugins, data, pixel_simi
 
 
 def test_held_out_images_report_a_copy_rate_near_the_percentile(plugins, data):
+    held_out = len(data.held_out)  # 40
     for percentile in (5.0, 20.0):
         values = {v.name: v.value for v in audit(plugins, data, percentile=percentile).compute(data.train, data.held_out, data.held_out)}
+        k = math.floor(percentile / 100 * (held_out + 1))  # the threshold is the k-th smallest held-out distance
         for space in ("pixel", "domain"):
-            assert values[f"copy_rate_{space}"] == pytest.approx(percentile / 100, abs=0.05)
+            # the held-out set against its own threshold: exactly the k - 1 distances strictly below the k-th (2 and 8 of 41 here)
+            assert values[f"copy_rate_{space}"] == pytest.approx((k - 1) / held_out)
             assert values[f"meehan_z_{space}"] == pytest.approx(0.0)  # the same distances on both sides
             assert values[f"authenticity_{space}"] == values[f"authenticity_held_out_{space}"]
 
@@ -143,7 +145,7 @@ def test_near_copies_are_flagged_and_honest_images_are_not(plugins, wide):
     for space in (pixel, domain):
         assert float(space.copies[: len(honest)].double().mean()) <= 0.1, space.space  # honest images
         assert space.nominal_fpr == pytest.approx(1 / 31)  # k = 1 of 30 held-out images
-        assert 0 <= space.measured_fpr <= 0.1
+        assert 0 < space.measured_fpr <= 0.1  # calibrated on 15 images, k = 1: about 1/16 flagged on the other half
         flags = space.copies[len(honest):].view(len(planted), len(copied))
         assert flags[:3].all(), space.space  # exact and flipped copies, in both spaces
     # Pixel space is the invariant one: nine in ten near-copies, every kind at least half.
@@ -182,7 +184,7 @@ def test_audit_command_flags_copies_in_a_folder_against_a_data_config(plugins, w
     assert {"copy-a.png", "copy-b.png", "flipped-a.png", "flipped-b.png"} <= set(flagged)
     assert flagged["copy-b.png"]["train_index"] == 40 and flagged["flipped-a.png"]["transform"].startswith("hflip")
     assert pixel["copy_rate"] == len(flagged) / 16 and summary["train"] == 64 and summary["held_out"] == 60
-    assert 0 < pixel["copy_threshold_fpr_nominal"] <= 0.05
+    assert pixel["copy_threshold_fpr_nominal"] == pytest.approx(3 / 61)  # k = floor(0.05 * 61) = 3 of 60 held-out images
     assert Image.open(out / pixel["grid"]).size == (8 * 32, 4 * 32)  # all 16 pairs, 4 a row
     printed = capsys.readouterr().out
     assert "copy-a.png" in printed and f"{pixel['copy_rate']:.3f}" in printed
@@ -199,3 +201,72 @@ def test_audit_command_against_a_run_directory(toy_config, registry, tmp_path, c
     assert summary["train"] == len(data.train) and summary["held_out"] == len(data.held_out)
     assert main(["audit", str(folder), "--against", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a run directory (no config.yaml)" in capsys.readouterr().err
+
+
+# -- the audit on hand-built distances ------------------------------------------------------
+
+INF = float("inf")
+
+
+def test_the_audit_on_hand_built_distance_matrices():
+    """Threshold, copies, authenticity and Z worked out by hand for 3 training, 4 held-out and 4 synthetic images."""
+    train_to_train = torch.tensor([[INF, 1.0, 4.0], [1.0, INF, 2.0], [4.0, 2.0, INF]], dtype=torch.float64)  # nearest others: 1, 1, 2
+    held_out_to_train = torch.tensor([[0.5, 9, 9], [9, 3, 9], [9, 9, 5], [7, 9, 9]], dtype=torch.float64)  # 0.5, 3, 5, 7
+    synthetic_to_train = torch.tensor([[0.2, 9, 9], [9, 2.5, 9], [9, 9, 3], [8, 9, 9]], dtype=torch.float64)
+    space = audit_space("hand", synthetic_to_train, held_out_to_train, train_to_train, percentile=50.0)
+    # k = floor(0.5 * (4 + 1)) = 2: the 2nd smallest held-out distance; its nominal rate k / (H + 1)
+    assert space.threshold == 3.0 and space.nominal_fpr == pytest.approx(2 / 5)
+    assert space.nearest_train.tolist() == [0, 1, 2, 0]
+    assert space.train_distance.tolist() == [1.0, 1.0, 2.0]
+    assert space.copies.tolist() == [True, True, False, False]  # strictly below the threshold: 3 is not a copy
+    # Alaa et al.: authentic when farther than the nearest training image's own nearest neighbour (1, 1, 2, 1)
+    assert space.authentic.tolist() == [False, True, True, True]
+    assert space.held_out_authentic.tolist() == [False, True, True, True]
+    assert space.copy_rate == 0.5 and space.authenticity == 0.75
+    # Mann-Whitney U: pairs with a synthetic distance above a held-out one (ties 1/2): 0 + 1 + 1.5 + 4
+    assert space.meehan_z == pytest.approx((6.5 - 8) / math.sqrt(4 * 4 * 9 / 12))
+
+
+def test_copy_threshold_percentiles_by_the_rank_rule():
+    held_out = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 8.0, 7.0, 6.0])  # H = 9
+    assert copy_threshold(held_out, 10.0) == (1.0, 1 / 10)  # k = floor(0.1 * 10) = 1
+    assert copy_threshold(held_out, 30.0) == (3.0, 3 / 10)
+    assert copy_threshold(held_out, 1.0) == (1.0, 1 / 10)  # k is at least 1: the rate says it is above the percentile
+
+
+def _hand_u(synthetic: np.ndarray, held_out: np.ndarray) -> float:
+    """U by counting: pairs with the synthetic distance above the held-out one, ties counted 1/2."""
+    diff = synthetic[:, None] - held_out[None, :]
+    return float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+
+
+def test_meehan_z_is_the_normalized_mann_whitney_u_counted_by_hand():
+    rng = np.random.default_rng(0)
+    synthetic = np.round(rng.normal(0.8, 0.3, 37), 1)  # rounded: ties on both sides
+    held_out = np.round(rng.normal(1.0, 0.3, 23), 1)
+    u = _hand_u(synthetic, held_out)
+    assert u == mannwhitneyu(synthetic, held_out).statistic  # the same U as scipy.stats
+    m, n = len(synthetic), len(held_out)
+    assert mann_whitney_z(synthetic, held_out) == pytest.approx((u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12), rel=1e-12)
+    assert mann_whitney_z(synthetic, held_out) < 0  # closer than held-out data: the data-copying side
+
+
+def _flat_images(offsets) -> ImageSet:
+    """Flat 32x32 RGB images at grey levels 20 + offset: in the pixel embedding, points on a line (distances x sqrt(D))."""
+    levels = torch.tensor([20.0 + o for o in offsets])
+    return ImageSet((levels / 127.5 - 1).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous())
+
+
+def test_the_embedding_audit_excludes_a_training_images_own_match(plugins, data):
+    """Training images at 0, 10, 30: their nearest *other* training images are 10, 10 and 20 away, never 0 (themselves)."""
+    train, held_out, synthetic = _flat_images((0, 10, 30)), _flat_images((5, 55, 60, 70)), _flat_images((12, 45))
+    cls = plugins.metric("memorization")
+    metric = cls(cls.Params.model_validate({"embedding": "pixels", "percentile": 50.0}), data.spec)
+    _, space = metric.audits(train, held_out, synthetic)
+    unit = (1 / 127.5) * math.sqrt(3 * 32 * 32)  # one grey level in the pixel embedding
+    assert space.space == "pixels"
+    assert (space.train_distance / unit).tolist() == pytest.approx([10, 10, 20])
+    assert (space.synthetic_distance / unit).tolist() == pytest.approx([2, 15]) and space.nearest_train.tolist() == [1, 2]
+    # 12 is 2 from training image 10, whose own nearest neighbour is 10 away: not authentic; 45 is 15 beyond 30 (20): not either
+    assert space.authentic.tolist() == [False, False]
+    assert space.held_out_authentic.tolist() == [False, True, True, True]  # 5 is nearer 0 or 10 than they are to each other

@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from helpers import embedded_data, metric, noisy, values
 from raresynth import ConfigError, ImageSet
-from raresynth.evaluation.features import CACHE_ENV
-from raresynth.evaluation.similarity import ms_ssim, ms_ssim_scales, ssim
+from raresynth.evaluation.similarity import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, ssim
 from raresynth.plugins.weightfree import frd_available
 from raresynth.plugins.weightfree.prdc import prdc
-from raresynth.plugins.weightfree.swd import laplacian_pyramid, pyr_up, pyramid_resolutions
+from raresynth.plugins.weightfree.swd import laplacian_pyramid, pyr_up, pyramid_resolutions, sliced_wasserstein
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4)
 FAST_DOMAIN = {"epochs": 3}
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module", params=[3, 1], ids=["rgb", "gray"])
 def data(request, plugins):
     return embedded_data(plugins, resolution=32, channels=request.param, train_per_class=32, held_out_per_class=8, crop_size=64)
+
+
+@pytest.fixture(scope="module")
+def gray(plugins):
+    """FRD computes radiomics on gray images: its tests run on the gray crops only."""
+    return embedded_data(plugins, resolution=32, channels=1, train_per_class=32, held_out_per_class=8, crop_size=64)
 
 
 # -- SWD ---------------------------------------------------------------------
@@ -114,9 +122,9 @@ def test_frd_is_registered_only_when_frd_score_is_installed(plugins):
 
 
 @pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")
-def test_frd_is_lowest_for_a_set_with_itself(plugins, data):
-    if data.spec.channels == 3:
-        pytest.skip("radiomics are computed on gray images: the gray variant covers it (and FRD is slow)")
+@pytest.mark.slow
+def test_frd_is_lowest_for_a_set_with_itself(plugins, gray):
+    data = gray
     frd = plugins.metric("frd")(plugins.metric("frd").Params(num_workers=1), data.spec)
     few = ImageSet(data.train.images[::4], data.train.labels[::4])  # 16 images: radiomic features take a while
     same = frd.compute(few, data.held_out, few)[0]
@@ -131,8 +139,9 @@ def test_sets_of_other_shapes_are_refused(plugins, data):
 
 
 @pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["v1", "v0"])
-def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plugins, data, version, monkeypatch, tmp_path):
+def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plugins, gray, version, monkeypatch, tmp_path):
     import contextlib
     import io
 
@@ -140,8 +149,7 @@ def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plug
 
     import raresynth.plugins.weightfree.frd as module
 
-    if data.spec.channels == 3:
-        pytest.skip("radiomics are computed on gray images: the gray variant covers it (and FRD is slow)")
+    data = gray
     real = ImageSet(data.train.images[::4], data.train.labels[::4])  # 16 images
     fake = noisy(real, 0.3)
     module.write_pngs(real, tmp_path / "real")
@@ -156,3 +164,171 @@ def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plug
     assert frd.compute(real, data.held_out, fake)[0].value == pytest.approx(float(expected), rel=1e-5)
     frd.compute(real, data.held_out, real)
     assert extracted == [16, 16, 16]  # the real set's features once, each synthetic set's once
+
+
+# -- against independent computations ------------------------------------------------
+# Each test below recomputes a metric from its paper's definition with numpy / scipy /
+# scikit-image, sharing nothing with the plugin but the random draws (positions and
+# directions come from the same seeded torch generators, so both sides see one sample).
+
+BINOMIAL_2D = np.outer([1, 4, 6, 4, 1], [1, 4, 6, 4, 1]) / 256.0
+
+
+def _scipy_blur(images: np.ndarray, gain: float = 1.0) -> np.ndarray:
+    """The 5x5 binomial filter with mirrored borders, per image and channel (scipy ``mode='mirror'``)."""
+    return ndimage.convolve(images, (BINOMIAL_2D * gain)[None, None], mode="mirror")
+
+
+def _scipy_pyramid(images: np.ndarray, levels: int) -> list[np.ndarray]:
+    """Burt & Adelson's Laplacian pyramid: band = image - expand(reduce(image)), expand by zero insertion and 4x the kernel."""
+    pyramid = [images]
+    for _ in range(1, levels):
+        down = _scipy_blur(pyramid[-1])[:, :, ::2, ::2]
+        up = np.zeros_like(pyramid[-1])
+        up[:, :, ::2, ::2] = down
+        pyramid[-1] = pyramid[-1] - _scipy_blur(up, gain=4.0)
+        pyramid.append(down)
+    return pyramid
+
+
+def test_pyr_up_of_a_constant_is_the_constant_and_the_pyramid_matches_scipy():
+    constant = torch.full((1, 2, 8, 8), 0.7, dtype=torch.float64)
+    assert torch.allclose(pyr_up(constant), torch.full((1, 2, 16, 16), 0.7, dtype=torch.float64))  # expand keeps the DC gain
+    images = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = laplacian_pyramid(images, 3)
+    for level, (mine, reference) in enumerate(zip(ours, _scipy_pyramid(images.numpy(), 3))):
+        assert np.allclose(mine.numpy(), reference, atol=1e-12), level
+
+
+def test_sliced_wasserstein_of_a_shifted_cloud_is_the_mean_projected_shift():
+    """W1 between a 1-D sample and itself shifted by t is |t|: the sliced distance of a pure shift v is E|<v, theta>|."""
+    generator = torch.Generator().manual_seed(1)
+    cloud = torch.randn(300, 5, dtype=torch.float64, generator=generator)
+    shift = torch.tensor([3.0, 0.0, -1.0, 2.0, 0.5], dtype=torch.float64)
+    distance = sliced_wasserstein(cloud, cloud + shift, repeats=4, directions=512, generator=torch.Generator().manual_seed(2))
+    draws = torch.Generator().manual_seed(2)
+    projected = []
+    for _ in range(4):
+        dirs = torch.randn(5, 512, generator=draws, dtype=torch.float64).numpy()
+        projected.append(np.abs(shift.numpy() @ (dirs / np.linalg.norm(dirs, axis=0))))
+    assert distance == pytest.approx(float(np.mean(projected)), rel=1e-9)  # exactly, for these directions
+    d, norm = 5, float(shift.norm())
+    expected = norm * math.gamma(d / 2) / (math.sqrt(math.pi) * math.gamma((d + 1) / 2))  # E|<v, theta>| on the unit sphere
+    assert distance == pytest.approx(expected, rel=0.05)
+
+
+def _numpy_swd(real: np.ndarray, fake: np.ndarray, resolutions, per_image, size, repeats, directions, seed) -> dict[str, float]:
+    """Karras et al. 2018, appendix D, from scratch: pyramid, normalized 7x7 descriptors, sliced W1, times 1e3."""
+    gen_real, gen_fake, gen_dirs = (torch.Generator().manual_seed(seed) for _ in range(3))
+    out = {}
+    for resolution, level_real, level_fake in zip(resolutions, _scipy_pyramid(real, len(resolutions)),
+                                                  _scipy_pyramid(fake, len(resolutions))):
+        sets = []
+        for level, generator in ((level_real, gen_real), (level_fake, gen_fake)):
+            n, c, h, w = level.shape
+            half = size // 2
+            y = torch.randint(half, h - half, (n * per_image,), generator=generator).numpy()
+            x = torch.randint(half, w - half, (n * per_image,), generator=generator).numpy()
+            image = np.repeat(np.arange(n), per_image)
+            patches = np.stack([level[i, :, r - half : r + half + 1, q - half : q + half + 1] for i, r, q in zip(image, y, x)])
+            patches = (patches - patches.mean(axis=(0, 2, 3), keepdims=True)) / patches.std(axis=(0, 2, 3), keepdims=True)
+            sets.append(patches.reshape(len(patches), -1))
+        per_repeat = []
+        for _ in range(repeats):
+            dirs = torch.randn(sets[0].shape[1], directions, generator=gen_dirs, dtype=torch.float64).numpy()
+            dirs = dirs / np.linalg.norm(dirs, axis=0)
+            a, b = np.sort(sets[0] @ dirs, axis=0), np.sort(sets[1] @ dirs, axis=0)
+            per_repeat.append(np.mean(np.abs(a - b)))  # W1 of two equal-size 1-D samples: mean gap of the sorted values
+        out[f"swd_{resolution}"] = 1e3 * float(np.mean(per_repeat))
+    out["swd"] = float(np.mean([out[f"swd_{r}"] for r in resolutions]))
+    return out
+
+
+def test_swd_equals_the_papers_definition_computed_with_numpy_and_scipy(plugins, data):
+    channels = data.spec.channels
+    generator = torch.Generator().manual_seed(4)
+    # 8-bit images (the metric quantizes to 8 bits first), channels on very different scales: per-channel normalization matters
+    levels = torch.randint(0, 256, (12, channels, 32, 32), generator=generator).double()
+    if channels == 3:
+        levels[:, 1] = levels[:, 1] // 16 + 120
+    real = ImageSet((levels / 127.5 - 1).float())
+    fake = ImageSet((torch.randint(0, 256, (12, channels, 32, 32), generator=generator).double() / 127.5 - 1).float())
+    params = {"per_image": 16, "repeats": 2, "directions": 32, "seed": 3}
+    train = ImageSet(real.images)
+    data_like = SimpleNamespace(train=train, held_out=ImageSet(real.images[:4]), spec=data.spec)
+    ours = values(metric(plugins, data, "swd", **params), data_like, fake)
+    expected = _numpy_swd(real.images.double().numpy(), fake.images.double().numpy(), [32, 16], 16, 7, 2, 32, 3)
+    assert ours == pytest.approx(expected, rel=1e-6)  # float32 8-bit levels on one side, float64 on the other
+    assert 10 < ours["swd"] < 1e4  # reported x 1e3 (normalized descriptors are O(1) apart)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_ssim_equals_scikit_image_with_the_papers_settings(channels):
+    """Wang et al. 2004: Gaussian weights, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 1, population covariances."""
+    from skimage import data as skdata
+    from skimage.metrics import structural_similarity
+
+    camera = torch.from_numpy(skdata.camera()[::8, ::8].astype(np.float64) / 127.5 - 1)[None, None]  # 64x64, a real photograph
+    generator = torch.Generator().manual_seed(0)
+    x = camera.expand(3, channels, 64, 64).clone()
+    y = (0.6 * x + 0.1 + 0.15 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(-1, 1)
+    y[1] = y[1] * 0.2 - 0.5  # dark and flat: the stabilizing constants decide
+    ours = ssim(x, y).double().numpy()
+    for i in range(3):
+        a, b = ((x[i].numpy() + 1) / 2).transpose(1, 2, 0), ((y[i].numpy() + 1) / 2).transpose(1, 2, 0)
+        reference = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+                                          K1=0.01, K2=0.03, channel_axis=2)
+        assert ours[i] == pytest.approx(reference, abs=1e-4), i  # ours runs in float32
+
+
+def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM's contrast-structure term from scikit-image: a huge K1 makes the luminance factor 1."""
+    from skimage.metrics import structural_similarity
+
+    return structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+                                 K1=1e6, K2=0.03, channel_axis=2)
+
+
+def test_ms_ssim_equals_its_definition_on_scikit_image_ssim():
+    """Wang et al. 2003, eq. 7: cs at the finer scales, SSIM at the coarsest, 2x2 mean pooling, renormalized exponents."""
+    from skimage import data as skdata
+    from skimage.metrics import structural_similarity
+
+    astronaut = skdata.astronaut()[::8, ::8].astype(np.float64)  # 64x64x3
+    x = torch.from_numpy(astronaut / 127.5 - 1).permute(2, 0, 1)[None]
+    y = (x * 0.7 + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).clamp(-1, 1)
+    ours = float(ms_ssim(x, y)[0])
+    a, b = ((x[0].numpy() + 1) / 2).transpose(1, 2, 0), ((y[0].numpy() + 1) / 2).transpose(1, 2, 0)
+    scales = ms_ssim_scales(64)
+    weights = np.array(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
+    factors = []
+    for scale in range(scales):
+        if scale == scales - 1:
+            factors.append(structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                                 data_range=1.0, K1=0.01, K2=0.03, channel_axis=2))
+        else:
+            factors.append(_skimage_cs(a, b))
+            a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, 3).mean(axis=(1, 3))
+            b = b.reshape(b.shape[0] // 2, 2, b.shape[1] // 2, 2, 3).mean(axis=(1, 3))
+    assert scales == 3
+    assert ours == pytest.approx(float(np.prod(np.clip(factors, 0, None) ** weights)), abs=1e-5)
+
+
+def _constant_images(offsets, channels: int) -> ImageSet:
+    """Flat 32x32 images at 8-bit grey levels 20 + offset: in pixel space, points on a line (distances scale by sqrt(D))."""
+    levels = torch.tensor([20.0 + o for o in offsets])
+    return ImageSet((levels / 127.5 - 1).view(-1, 1, 1, 1).expand(-1, channels, 32, 32).contiguous())
+
+
+# Real points 0, 10, 20, 30, 100; synthetic 1, 29, 200, 210, 220 (k = 1). Real radii: 10, 10, 10, 10, 70;
+# synthetic radii: 28, 28, 10, 10, 10. Two synthetic points lie in real balls, four real points in synthetic ones.
+REAL_POINTS, FAKE_POINTS = (0, 10, 20, 30, 100), (1, 29, 200, 210, 220)
+
+
+def test_prdc_metric_on_asymmetric_sets_with_known_answers(plugins, data):
+    real, fake = _constant_images(REAL_POINTS, data.spec.channels), _constant_images(FAKE_POINTS, data.spec.channels)
+    data_like = SimpleNamespace(train=real, held_out=real, spec=data.spec)
+    result = values(metric(plugins, data, "prdc", embedding="pixels", nearest_k=1), data_like, fake)
+    assert result == {"precision_pixels": pytest.approx(2 / 5), "recall_pixels": pytest.approx(4 / 5),
+                      "density_pixels": pytest.approx(4 / 5),  # 1 in the balls of 0 and 10, 29 in those of 20 and 30
+                      "coverage_pixels": pytest.approx(4 / 5)}  # every real ball but 100's holds a synthetic point

@@ -16,15 +16,10 @@ import torch
 from helpers import embedded_data, metric
 from raresynth import ConfigError
 from raresynth.evaluation.embeddings import EmbeddingParams, check_embedding
-from raresynth.evaluation.features import CACHE_ENV, KNOWN_WEIGHTS, WEIGHTS_ENV, TorchFidelityEmbedding, resolve_weights
+from raresynth.evaluation.features import KNOWN_WEIGHTS, TorchFidelityEmbedding, resolve_weights
 from test_metrics_fidelity import TINY, TinyRandomExtractor
 
-
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+pytestmark = pytest.mark.usefixtures("isolated_features")  # conftest: fresh cache, no weights, one thread
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_builtin_plugins_register_through_entry_points():
 
 def test_unknown_name_lists_installed_and_suggests_closest():
     registry = load_plugins()
-    with pytest.raises(PluginError) as excinfo:
+    with pytest.raises(PluginError, match="unknown generator 'stylegan2'") as excinfo:
         registry.generator("stylegan2")
     message = str(excinfo.value)
     assert "unknown generator 'stylegan2'" in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydantic
 import pytest
 import torch
 from torch import nn
@@ -119,3 +120,19 @@ def test_dcgan_trains_with_r1(toy_config, registry):
     run = train(config, registry=registry, progress_bar=False)
     line = json.loads((run.run_dir / "log.jsonl").read_text().splitlines()[-1])
     assert line["penalty_r1"] > 0
+
+
+def test_given_logits_of_images_without_grad_fall_back_to_the_model():
+    """Logits of real images that do not require grad cannot be differentiated: R1 calls the model on its own copy."""
+    torch.manual_seed(2)
+    D = SmallD().double()
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)  # no requires_grad
+    r1 = R1(R1Params(gamma=2.0, interval=1), SPEC, "r1")
+    value = r1.penalty(PenaltyInputs(step=0, model=lambda images, labels: D(images), real=x, real_logits=D(x).detach()))
+    assert torch.allclose(value, reference_r1(D, x, None, gamma=2.0))
+
+
+def test_gamma_zero_switches_r1_off_and_a_negative_one_is_refused():
+    assert R1Params(gamma=0).gamma == 0
+    with pytest.raises(pydantic.ValidationError, match=r"gamma\n.*must be a number >= 0 or 'auto' \(got -0.5\)"):
+        R1Params(gamma=-0.5)

@@ -141,9 +141,9 @@ def test_a_run_killed_before_its_first_checkpoint_gets_the_right_advice(toy_conf
         run_toy(toy_config, registry, "generator.nan_at_step=2")
     run_dir = tmp_path / "run"
     assert (run_dir / "config.yaml").is_file() and not ckpt.list_checkpoints(run_dir / "checkpoints")
-    with pytest.raises(RunDirError) as plain:
+    with pytest.raises(RunDirError, match="stopped before its first checkpoint") as plain:
         run_toy(toy_config, registry)
-    with pytest.raises(RunDirError) as resumed:
+    with pytest.raises(RunDirError, match="stopped before its first checkpoint") as resumed:
         run_toy(toy_config, registry, resume=True)
     for message in (str(plain.value), str(resumed.value)):
         assert "stopped before its first checkpoint" in message and "pass --overwrite" in message, message
@@ -168,7 +168,8 @@ def test_atomic_write_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeyp
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(FileWriteError, match=r"config.yaml: could not write it \(Input/output error\); the previous version is unchanged"):
         write_text_atomic(path, "new: 2\n")
-    with pytest.raises(FileWriteError), atomic_path(tmp_path / "grid.png") as temporary:
+    with pytest.raises(FileWriteError, match=r"grid\.png: could not write it \(Input/output error\)"), \
+            atomic_path(tmp_path / "grid.png") as temporary:
         temporary.write_bytes(b"png")
     assert path.read_text() == "old: 1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]  # no temporary file left
