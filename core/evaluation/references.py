@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from ..errors import RaresynthError
 from ..interfaces import ImageSet, Metric
 from .features import cache_root, content_hash
 from .measure import half_sample_values, metric_values, subset
@@ -94,6 +95,21 @@ def _held_out_halves(held_out: ImageSet, seed: int) -> tuple[ImageSet, ImageSet]
     return subset(held_out, everything[mask], "held-out half A"), subset(held_out, everything[~mask], "held-out half B")
 
 
+def _values(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> dict[str, dict[str, Any]]:
+    """:func:`metric_values`, leaving out a metric that cannot be computed on this (small) reference set.
+
+    A held-out half can be too small for a metric (utility's chance check, PRDC's k
+    neighbours); the reference row then has no value for it, and the report shows "—".
+    """
+    values: dict[str, dict[str, Any]] = {}
+    for pair in metrics:
+        try:
+            values.update(metric_values([pair], train, held_out, synthetic))
+        except RaresynthError:
+            continue
+    return values
+
+
 def _average(entries: Sequence[Mapping[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     out = {}
     for name, first in entries[0].items():
@@ -109,16 +125,17 @@ def measure_real(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_ou
     own = [(name, m) for name, m in metrics if m.uses_held_out]
     real_set = ImageSet(images=held_out.images, labels=held_out.labels, name=LABELS[REAL])
     replicates = half_sample_values(plain, train, held_out, real_set, resamples, seed)
-    values = metric_values(plain, train, held_out, real_set)
+    values = _values(plain, train, held_out, real_set)
     if own and len(held_out) >= 4:
         a, b = _held_out_halves(held_out, seed)
         # costly metrics (Metric.bootstrap False: they train a classifier per call) go one way only
         cheap = [(name, m) for name, m in own if m.bootstrap]
         costly = [(name, m) for name, m in own if not m.bootstrap]
-        values.update(_average([metric_values(cheap, train, b, a), metric_values(cheap, train, a, b)]) if cheap else {})
-        values.update(metric_values(costly, train, b, a))
+        values.update(_average([_values(cheap, train, b, a), _values(cheap, train, a, b)]) if cheap else {})
+        values.update(_values(costly, train, b, a))
     for name, numbers in replicates.items():
-        values[name]["replicates"] = numbers
+        if name in values:
+            values[name]["replicates"] = numbers
     return values
 
 
@@ -126,9 +143,10 @@ def measure_trivial(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held
                     resamples: int, seed: int) -> dict[str, dict[str, Any]]:
     """A trivial generator's row: ``synthetic`` measured like any synthetic set, with half-sample replicates."""
     replicates = half_sample_values(metrics, train, held_out, synthetic, resamples, seed)
-    values = metric_values(metrics, train, held_out, synthetic)
+    values = _values(metrics, train, held_out, synthetic)
     for name, numbers in replicates.items():
-        values[name]["replicates"] = numbers
+        if name in values:
+            values[name]["replicates"] = numbers
     return values
 
 

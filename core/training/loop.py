@@ -329,7 +329,7 @@ def _train(config: RunConfig, accelerator: Accelerator, registry: Registry, run_
                 line = reduce_tick_stats(accelerator, tick_sums, tick_steps)  # waits for the device: time after it
                 elapsed = time.perf_counter() - tick_start_time
                 shown = progress.nimg - tick_start_nimg
-                line = {"kimg": round(progress.kimg, 3), "step": progress.step, "processes": world, "train_seconds": round(progress.train_seconds, 3),
+                line = {"kimg": round(progress.kimg, 3), "step": progress.step, "processes": world, "train_seconds": progress.train_seconds,
                         "img_per_s": shown / max(elapsed, 1e-9),
                         "sec_per_kimg": elapsed / max(shown / 1000, 1e-9), **line, **memory_stats(accelerator)}
                 check_finite_stats(line, run)
