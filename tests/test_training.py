@@ -70,7 +70,7 @@ def test_end_to_end_run_writes_everything_and_learns(toy_config, tmp_path):
     assert [p.name for p in checkpoints] == ["checkpoint-000000064.safetensors", "checkpoint-000000128.safetensors"]
     assert not list((run_dir / "checkpoints").glob(".*tmp"))
     state = load_state(checkpoints[-1])
-    assert state["progress"] == {"nimg": 128, "step": 16, "train_seconds": lines[-1]["train_seconds"]}  # the clock of the last tick
+    assert state["progress"] == {"nimg": 128, "step": 16}  # wall-clock time stays out of checkpoints (it is in the log)
     assert state["regularizers"] == [{"calls": 8}]  # every 2nd of 16 steps
 
     grid = Image.open(run_dir / "samples" / "grid-000000128.png")

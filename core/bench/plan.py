@@ -67,7 +67,7 @@ from ..errors import ConfigError, RunDirError
 from ..registry import Registry
 from ..training import checkpoint as ckpt
 from ..files import LOCK_NAME
-from ..training.rundir import JOB_LOGS, config_differences
+from ..training.rundir import JOB_LOGS, config_differences, logged_train_seconds
 
 #: Run-config fields a variant may not set, and where they belong instead.
 SHARED_FIELDS = {
@@ -329,14 +329,7 @@ def _must_match(key: str) -> bool:
 
 def _out_of_time(run_dir: Path, nimg: int, minutes: float | None) -> bool:
     """Whether the run stopped at ``nimg`` because its ``budget.minutes`` ran out (its log says so)."""
-    if not minutes:
-        return False
-    try:
-        lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return False
-    seconds = [float(line["train_seconds"]) for line in lines if "train_seconds" in line and round(float(line.get("kimg", 0)) * 1000) <= nimg]
-    return bool(seconds) and seconds[-1] >= minutes * 60
+    return bool(minutes) and logged_train_seconds(run_dir, nimg) >= minutes * 60
 
 
 def run_state(run: PlannedRun, rerun: bool = False) -> tuple[str, str]:

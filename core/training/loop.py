@@ -73,6 +73,7 @@ from .rundir import (
     check_run_dir,
     choose_checkpoint,
     overwrite_run_dir,
+    logged_train_seconds,
     trim_log,
     write_data_json,
 )
@@ -173,7 +174,7 @@ def training_state(generator: Generator, progress: Progress) -> dict[str, Any]:
     return {
         "generator": generator.state_dict(),
         "regularizers": [reg.state_dict() for reg in generator.regularizers],
-        "progress": {"nimg": progress.nimg, "step": progress.step, "train_seconds": progress.train_seconds},
+        "progress": {"nimg": progress.nimg, "step": progress.step},
     }
 
 
@@ -192,7 +193,6 @@ def restore_training_state(generator: Generator, state: Mapping[str, Any], progr
                           "use a checkpoint this run wrote") from None
     progress.nimg = int(state["progress"]["nimg"])
     progress.step = int(state["progress"]["step"])
-    progress.train_seconds = float(state["progress"].get("train_seconds", 0.0))  # absent in checkpoints from before budget.minutes
 # ---------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------
@@ -288,6 +288,7 @@ def _train(config: RunConfig, accelerator: Accelerator, registry: Registry, run_
             checkpoint = ckpt.list_checkpoints(run_dir / "checkpoints")[-1]
             state = ckpt.load_training_state(checkpoint)
         restore_training_state(generator, state, progress, checkpoint)
+        progress.train_seconds = logged_train_seconds(run_dir, progress.nimg)  # for budget.minutes
         run.checkpoints = ckpt.list_checkpoints(run_dir / "checkpoints")
         state = None  # the weights now live in the backend
 

@@ -276,6 +276,27 @@ def choose_checkpoint(run_dir: Path, manifest: RunManifest, resume_from: Path | 
     return chosen, state
 
 
+def logged_train_seconds(run_dir: Path, nimg: int) -> float:
+    """The training time a run had spent when it had shown ``nimg`` images: its last tick at or before them in ``log.jsonl``.
+
+    Wall-clock time is not part of a checkpoint (it would differ between a resumed and an
+    uninterrupted run); ``budget.minutes`` reads it from the log instead. 0 when none is logged.
+    """
+    seconds = 0.0
+    try:
+        text = (Path(run_dir) / "log.jsonl").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return seconds
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+            if round(float(entry["kimg"]) * 1000) <= nimg and "train_seconds" in entry:
+                seconds = float(entry["train_seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return seconds
+
+
 def trim_log(path: Path, nimg: int) -> int:
     """Drop ``log.jsonl`` lines past ``nimg`` images (logged after the checkpoint a run resumes from) and torn lines.
 
