@@ -654,6 +654,10 @@ def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapp
             bolded = (f" (not marked best: {verdict['wins'][verdict['winner']]} of the {verdict['values']} informative "
                       f"{info.get('question', 'fidelity')} values prefer {_md(majority)}, and this one disagrees)")
         elif not _best_rows(rows, name, info, results, verdicts):
+            means = {row["values"][name]["mean"] for row in rows if row["values"][name]["mean"] is not None}
+            if len(means) == 1:
+                lines.append(f"- `{name}`: every variant scores {format_number(means.pop())}: nothing to mark.")
+                continue
             bolded = " (not marked best: it does not beat the " + " / ".join(LABELS[r] for r in info.get("must_beat") or (NOISE,)) + " reference)"
         lines.append(f"- `{name}`: best mean {_md(labels.get(best, best))}{bolded}; " + "; ".join(parts) + ".")
     return lines
@@ -719,8 +723,9 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
               "sample standard deviation over the finished seeds (the mean alone with one seed; — when no finished run has "
               "the value), then its 95% interval in brackets: Student's t over seeds, or with one seed the spread over "
               "half-samples of the synthetic set (which covers the synthetic sample, not training randomness). **bold**: the "
-              "best mean by the value's ideal, only where the value is informative on this dataset and the best variant beats "
-              "the noise reference (copies, for privacy values); ⚠: uninformative here. Train time and img/s: mean over "
+              "best mean by the value's ideal, only where the value is informative on this dataset, the best variant beats "
+              "the noise reference (copies, for privacy values) and it agrees with the majority of its question's informative "
+              "values; ⚠: uninformative here. Train time and img/s: mean over "
               "finished runs."]
     if any(fidelity_position(results, row) is not None for row in rows):
         lines += ["", "Fidelity (noise 0, real 1): the median over the informative fidelity values of where a variant lies between "
