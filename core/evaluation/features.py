@@ -531,7 +531,7 @@ class TorchFidelityEmbedding(Embedding):
                 resolve_weights(self.name, str(self.path), self._verify, sha256=self._sha256)  # unchanged since checked?
                 state = load_weights(self.path)  # refuses pickled code before any extractor sees the file
                 if _class_name(_torch_fidelity_registry()[self.name]) in STATE_DICT_EXTRACTORS:
-                    # torch-fidelity calls torch.load(weights_only=False) on what it is given: give it the
+                    # torch-fidelity unpickles whatever it is given, without weights_only: give it the
                     # verified tensors, serialized here, never the user's file.
                     buffer = io.BytesIO()
                     torch.save(state, buffer)
