@@ -221,20 +221,86 @@ def test_bad_executor_options_are_one_line_errors(tmp_path, registry):
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
-def test_ray_tasks_give_the_local_executors_results(tmp_path, registry, job_env, one_thread):
+RAY_OPTIONS = {"gpus_per_run": 0, "cpus_per_task": 1, "poll_seconds": 0.3}
+
+
+def meet_in_jobs(monkeypatch, folder: Path, runs: int) -> None:
+    """Jobs load the rendezvous plugin: each run waits at its first tick until ``runs`` runs are training."""
+    folder.mkdir()
+    monkeypatch.setenv("RARESYNTH_PLUGIN_MODULES", "toy_plugin,rendezvous_plugin")
+    monkeypatch.setenv("RARESYNTH_TEST_RENDEZVOUS", f"{folder}:{runs}")
+
+
+def test_ray_tasks_run_in_parallel_and_give_the_local_executors_results(tmp_path, registry, job_env, one_thread, monkeypatch):
     ray = pytest.importorskip("ray")
     local = run(write_benchmark(tmp_path, "local"), registry)
+    # Both runs must be training at once to pass their first tick (tests/rendezvous_plugin.py): one
+    # after the other, the first would wait for the second in vain and fail.
+    meet_in_jobs(monkeypatch, tmp_path / "meet", 2)
     messages = []
     try:
         results = run(write_benchmark(tmp_path, "ray"), registry, messages, executor="ray",
-                      executor_options_={"gpus_per_run": 0, "cpus_per_task": 1, "ray_num_cpus": 2, "poll_seconds": 0.3})
+                      executor_options_={**RAY_OPTIONS, "ray_num_cpus": 2})
     finally:
         if ray.is_initialized():
             ray.shutdown()
     assert values_of(results) == values_of(local)
+    assert len(list((tmp_path / "meet").iterdir())) == 2  # two training processes met
     recorded = json.loads((tmp_path / "ray" / JOBS_FILE).read_text())
     assert recorded["executor"] == "ray" and {job["status"] for job in recorded["runs"].values()} == {"done"}
     assert sum("submitted as ray job" in m for m in messages) == 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster(tmp_path, job_env, monkeypatch):
+    """A Ray head started apart from the test (``ray start --head``), as a lab's cluster is: its address."""
+    pytest.importorskip("ray")
+    import tempfile
+
+    meet_in_jobs(monkeypatch, tmp_path / "meet", 2)  # the cluster's workers inherit this environment
+    ray_cli = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    start = subprocess.run([str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                            "--disable-usage-stats", f"--temp-dir={temp_dir}"], capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_running_ray_cluster_is_joined_by_its_address(tmp_path, registry, ray_cluster, one_thread, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("RARESYNTH_TEST_RENDEZVOUS", "")  # the in-process local run must not wait for anyone
+    local = run(write_benchmark(tmp_path, "local"), registry)
+    monkeypatch.setenv("RARESYNTH_TEST_RENDEZVOUS", f"{tmp_path / 'meet'}:2")
+    try:
+        results = run(write_benchmark(tmp_path, "ray"), registry, executor="ray",
+                      executor_options_={**RAY_OPTIONS, "ray_address": ray_cluster})
+        assert not ray.is_initialized()  # the harness disconnected from the cluster; the cluster lives on
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert values_of(results) == values_of(local)
+    assert len(list((tmp_path / "meet").iterdir())) == 2  # both runs trained at once, on the cluster's workers
+
+
+def test_an_unreachable_ray_address_is_a_one_line_error(tmp_path, registry, job_env):
+    pytest.importorskip("ray")
+    with pytest.raises(Exception, match=r"--ray-address 127\.0\.0\.1:\d+: cannot connect to Ray") as info:
+        run(write_benchmark(tmp_path, "ray"), registry, executor="ray",
+            executor_options_={**RAY_OPTIONS, "ray_address": f"127.0.0.1:{_free_port()}"})
+    assert "\n" not in str(info.value)
 
 
 def test_the_guides_executor_options_are_valid(tmp_path, registry):

@@ -270,3 +270,40 @@ def test_the_embedding_audit_excludes_a_training_images_own_match(plugins, data)
     # 12 is 2 from training image 10, whose own nearest neighbour is 10 away: not authentic; 45 is 15 beyond 30 (20): not either
     assert space.authentic.tolist() == [False, False]
     assert space.held_out_authentic.tolist() == [False, True, True, True]  # 5 is nearer 0 or 10 than they are to each other
+
+
+def test_distances_are_computed_once_per_image_and_equal_a_fresh_audit(plugins, data):
+    """Half-samples and repeated calls reuse each image's distance rows; the values are those of a fresh metric."""
+    from raresynth.evaluation.measure import half_samples, subset
+
+    synthetic = with_planted_copies(data)
+    cached = audit(plugins, data)
+    full = {v.name: v.value for v in cached.compute(data.train, data.held_out, synthetic)}
+    first = cached._rows.computed
+    # each distinct image compared once, in pixel space and in the embedding: the synthetic set is
+    # the held-out images plus training images, so only the held-out and training rows are computed
+    assert first == 2 * (len(data.held_out) + len(data.train))
+    for index in half_samples(len(synthetic), 3, seed=1):
+        half = subset(synthetic, index)
+        again = {v.name: v.value for v in cached.compute(data.train, data.held_out, half)}
+        fresh = {v.name: v.value for v in audit(plugins, data).compute(data.train, data.held_out, half)}
+        assert again == pytest.approx(fresh, nan_ok=True)
+    assert cached._rows.computed == first  # the halves' rows all came from memory
+    assert {v.name: v.value for v in cached.compute(data.train, data.held_out, synthetic)} == full
+
+
+def test_the_distance_cache_stays_within_its_budget():
+    from raresynth.plugins.memorization.rows import DistanceRows
+
+    rows = DistanceRows(budget=50)
+    reference = torch.arange(10.0)
+
+    def compute(images):
+        return (images.flatten(1)[:, :1] - reference).abs(), None
+
+    images = torch.arange(12.0).reshape(12, 1, 1, 1)
+    distance, which = rows.rows(images, "r", compute)
+    assert which is None and torch.equal(distance, compute(images)[0])
+    assert rows._entries <= 50 and len(rows._rows) == 5  # the 5 most recent rows of 10 distances each
+    distance, _ = rows.rows(images[:3], "r", compute)  # evicted rows are computed again, correctly
+    assert torch.equal(distance, compute(images[:3])[0])

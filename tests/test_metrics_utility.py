@@ -97,6 +97,12 @@ def test_the_real_only_classifiers_are_trained_once_per_metric_object(plugins, d
     assert {k: v for k, v in second.items() if "trtr" in k} == {k: v for k, v in first.items() if "trtr" in k}
     fresh = values(utility(plugins, data, regimes=["trtr", "tstr"]), data, swapped)
     assert fresh == second  # the cached scores are the ones a fresh computation gives
+    # another held-out set (the reference rows test on halves of it): the same classifiers, tested on it
+    half = ImageSet(data.held_out.images[::2], data.held_out.labels[::2])
+    calls.clear()
+    cached = {v.name: v.value for v in metric.compute(data.train, half, data.train)}
+    assert len(calls) == 2  # tstr only
+    assert cached == {v.name: v.value for v in utility(plugins, data, regimes=["trtr", "tstr"]).compute(data.train, half, data.train)}
 
 
 # -- noise cannot game it ---------------------------------------------------------------

@@ -15,7 +15,7 @@ from raresynth import ConfigError, ImageSet
 from raresynth.evaluation.similarity import MS_SSIM_WEIGHTS, ms_ssim, ms_ssim_scales, ssim
 from raresynth.plugins.weightfree import frd_available
 from raresynth.plugins.weightfree.prdc import prdc
-from raresynth.plugins.weightfree.swd import laplacian_pyramid, pyr_up, pyramid_resolutions, sliced_wasserstein
+from raresynth.plugins.weightfree.swd import laplacian_pyramid, pyr_up, pyramid_resolutions, sliced_wasserstein, wasserstein_1d
 
 SIGMAS = (0.0, 0.1, 0.2, 0.4)
 FAST_DOMAIN = {"epochs": 3}
@@ -52,6 +52,32 @@ def test_swd_is_deterministic_for_a_seed_and_compares_sets_of_different_sizes(pl
     first = values(metric(plugins, data, "swd", seed=5), data, synthetic)
     assert values(metric(plugins, data, "swd", seed=5), data, synthetic) == first
     assert values(metric(plugins, data, "swd", seed=6), data, synthetic) != first
+
+
+def test_swd_reuses_the_real_projections_and_gives_a_fresh_metrics_values(plugins, data, monkeypatch):
+    import raresynth.plugins.weightfree.swd as module
+
+    calls = []
+    original = module.descriptors
+    monkeypatch.setattr(module, "descriptors", lambda level, *args: calls.append(len(level)) or original(level, *args))
+    swd = metric(plugins, data, "swd")
+    sets = [noisy(data.train, 0.2), ImageSet(data.train.images[:20]), noisy(ImageSet(data.held_out.images), 0.1)]
+    cached = [values(swd, data, s) for s in sets]
+    # the 64 training images' descriptors were drawn once per level; every synthetic set's each call
+    assert calls == [64, 64, 64, 64, 20, 20, 16, 16]
+    assert cached == [values(metric(plugins, data, "swd"), data, s) for s in sets]
+
+
+def test_wasserstein_of_samples_of_different_sizes_equals_scipys():
+    """W1 between empirical distributions of n and m values, exact for any n and m (not a subsample of the larger)."""
+    from scipy.stats import wasserstein_distance
+
+    generator = np.random.default_rng(3)
+    for n, m in ((12, 12), (12, 6), (7, 5), (40, 9)):
+        a, b = np.sort(generator.normal(size=(4, n)), axis=1), np.sort(generator.normal(0.5, 2.0, size=(4, m)), axis=1)
+        expected = [wasserstein_distance(x, y) for x, y in zip(a, b)]
+        assert wasserstein_1d(a, b) == pytest.approx(expected, rel=1e-12)
+        assert wasserstein_1d(b, a) == pytest.approx(expected, rel=1e-12)
 
 
 def test_laplacian_pyramid_reconstructs_the_image():
@@ -163,7 +189,11 @@ def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plug
     frd = plugins.metric("frd")(plugins.metric("frd").Params(frd_version=version, num_workers=1), data.spec)
     assert frd.compute(real, data.held_out, fake)[0].value == pytest.approx(float(expected), rel=1e-5)
     frd.compute(real, data.held_out, real)
-    assert extracted == [16, 16, 16]  # the real set's features once, each synthetic set's once
+    half = ImageSet(fake.images[::2], fake.labels[::2])
+    halves = frd.compute(real, data.held_out, half)[0].value
+    assert extracted == [16, 16]  # each image's features once: copies of the real images and half-samples come from memory
+    fresh = plugins.metric("frd")(plugins.metric("frd").Params(frd_version=version, num_workers=1), data.spec)
+    assert halves == pytest.approx(fresh.compute(real, data.held_out, half)[0].value, rel=1e-9)
 
 
 # -- against independent computations ------------------------------------------------

@@ -16,6 +16,7 @@ from raresynth import (
     Preprocessing,
     check_compatible,
     check_embedding,
+    content_hash,
     features,
 )
 
@@ -28,6 +29,7 @@ from .audit import (
     write_json,
 )
 from .matching import FLIPS, Matching, flipped
+from .rows import DistanceRows
 
 
 class MemorizationParams(EmbeddingParams):
@@ -58,6 +60,9 @@ class Memorization(Metric):
         super().__init__(params, spec)
         if params.embedding is not None:
             check_embedding(params.embedding, params.weights_path, params.verify_weights, params.weights_sha256)
+        # Every image's distances to the training set, computed once per image (see .rows): the
+        # half-samples, the reference rows and a benchmark's runs share the held-out and training rows.
+        self._rows = DistanceRows()
 
     def audits(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[SpaceAudit]:
         """The audit in pixel space, then in the embedding (when one is set)."""
@@ -66,18 +71,25 @@ class Memorization(Metric):
         audits = [self._pixel_audit(train, held_out, synthetic)]
         if p.embedding is not None:
             embedding = p.build_embedding(train, metric="fid")
-            f_train, f_held, f_syn = (features(s, embedding) for s in (train, held_out, synthetic))
+            f_train = features(train, embedding)
+            key = f"{embedding.id} flips={p.flips} " + content_hash(train.images)
+
+            def to_train(images: torch.Tensor) -> tuple[torch.Tensor, None]:
+                return self._flip_distances(images, f_train, embedding), None
+
+            synthetic_to_train, held_out_to_train, train_to_train = (
+                self._rows.rows(s.images, key, to_train)[0] for s in (synthetic, held_out, train))
+            f_syn, f_held = features(synthetic, embedding), features(held_out, embedding)
             audits.append(audit_space(
-                embedding.tag, self._flip_distances(synthetic, f_train, embedding), self._flip_distances(held_out, f_train, embedding),
-                embedding_distances(f_train, f_train, same=True), p.percentile, p.meehan_cells, (f_train, f_syn, f_held), p.seed,
-                p.fpr_splits))
+                embedding.tag, synthetic_to_train, held_out_to_train, _without_self(train_to_train), p.percentile,
+                p.meehan_cells, (f_train, f_syn, f_held), p.seed, p.fpr_splits))
         return audits
 
-    def _flip_distances(self, images: ImageSet, f_train: torch.Tensor, embedding) -> torch.Tensor:
+    def _flip_distances(self, images: torch.Tensor, f_train: torch.Tensor, embedding) -> torch.Tensor:
         """Embedding distances to the training set, the smallest over the flips of each image (when ``flips``)."""
         distance = None
         for flip in FLIPS if self.params.flips else FLIPS[:1]:
-            f = features(ImageSet(flipped(images.images, flip), images.labels, images.name), embedding)
+            f = features(flipped(images, flip), embedding)
             d = embedding_distances(f, f_train)
             distance = d if distance is None else torch.minimum(distance, d)
         return distance
@@ -93,10 +105,16 @@ class Memorization(Metric):
         if p.meehan_cells > 1:  # cells in the space NCC measures: standardized pixel vectors
             vectors = tuple(_standardized(s.images) for s in (train, synthetic, held_out))
         matching = self.matching
-        synthetic_distance, which = pixel_distances(synthetic.images, train.images, p.pixel_similarity, matching=matching)
+        key = f"{p.pixel_similarity} {matching} " + content_hash(train.images)
+
+        def to_train(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return pixel_distances(images, train.images, p.pixel_similarity, matching=matching)
+
+        synthetic_distance, which = self._rows.rows(synthetic.images, key, to_train)
+        held_out_distance = self._rows.rows(held_out.images, key, to_train)[0]
+        train_distance = _without_self(self._rows.rows(train.images, key, to_train)[0])
         return audit_space(
-            "pixel", synthetic_distance, pixel_distances(held_out.images, train.images, p.pixel_similarity, matching=matching)[0],
-            pixel_distances(train.images, train.images, p.pixel_similarity, same=True, matching=matching)[0], p.percentile,
+            "pixel", synthetic_distance, held_out_distance, train_distance, p.percentile,
             p.meehan_cells, vectors, p.seed, p.fpr_splits, which, matching.transforms() if which is not None else None)
 
     def audit_folder(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet, names: list[str], out_dir: Path) -> dict:
@@ -144,6 +162,13 @@ class Memorization(Metric):
             if folder is not None:
                 save_pairs(audit, synthetic.images, train.images, Path(folder), self.params.grid_pairs)
         return values
+
+
+def _without_self(train_to_train: torch.Tensor) -> torch.Tensor:
+    """Training-to-training distances with the diagonal (an image against itself) set to infinity."""
+    distance = train_to_train.clone()
+    distance.fill_diagonal_(float("inf"))
+    return distance
 
 
 def _standardized(images: torch.Tensor) -> torch.Tensor:

@@ -89,8 +89,9 @@ class Utility(Metric):
     def __init__(self, params, spec):
         super().__init__(params, spec)
         # The real-only regime does not depend on the synthetic set: a benchmark that
-        # measures many runs with one metric object trains its classifiers once.
-        self._real_only_scores: dict[str, tuple[dict[str, list[float]], list[bool]]] = {}
+        # measures many runs with one metric object trains its classifiers once, and tests
+        # them on whichever held-out set it is given (the reference rows use halves of it).
+        self._real_only_models: dict[str, list] = {}
 
     def not_applicable(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> str | None:
         """Why the metric does not apply to these sets, or ``None`` when it does."""
@@ -120,19 +121,22 @@ class Utility(Metric):
         device = resolve_device(p.device)
         settings = TrainSettings(p.steps, p.batch_size, p.lr, p.width, p.flips, device, p.validation_fraction, p.significance)
         values = []
-        real_key = content_hash(real_x, train.labels) + content_hash(test_x, held_out.labels) + f"{num_classes}"
+        real_key = content_hash(real_x, train.labels) + f"{num_classes} {settings}"
         for regime in p.regimes:
             x, y = data[regime]
-            cached = self._real_only_scores.get(real_key) if regime == "trtr" else None
-            scores, learned = cached or ({name: [] for name in SCORES}, [])
-            for seed in range(p.seed, p.seed + p.seeds) if cached is None else ():
-                checked = train_checked(x, y, num_classes, settings, seed)
-                learned.append(checked.learned)
+            seeds = range(p.seed, p.seed + p.seeds)
+            if regime == "trtr":
+                if real_key not in self._real_only_models:
+                    self._real_only_models = {real_key: [train_checked(x, y, num_classes, settings, seed) for seed in seeds]}
+                classifiers = self._real_only_models[real_key]
+            else:
+                classifiers = [train_checked(x, y, num_classes, settings, seed) for seed in seeds]
+            scores: dict[str, list[float]] = {name: [] for name in SCORES}
+            learned = [checked.learned for checked in classifiers]
+            for checked in classifiers:
                 probs = predict(checked.model, test_x, device)
                 for name, score in SCORES.items():
                     scores[name].append(score(probs, held_out.labels))
-            if regime == "trtr":
-                self._real_only_scores[real_key] = (scores, learned)
             for name, runs in scores.items():
                 # trtr is the real-only baseline, the same for every generator: context, not a contest
                 ideal = "none" if regime == "trtr" else "higher"

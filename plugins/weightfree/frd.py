@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
@@ -110,23 +111,54 @@ def frechet_radiomics_distance(real: np.ndarray, fake: np.ndarray, frd_version: 
 class FRD(Metric):
     """``frd``: log of the Fréchet distance between radiomic feature distributions (lower is better).
 
-    The real set's features are extracted once per metric object and set content, so
-    a benchmark measuring many runs pays for them once.
+    Radiomic features are kept per image (by the content of its 8-bit gray version), so
+    each image is extracted once per metric object: the real set once for a whole
+    benchmark, a synthetic set once for its value and all its half-samples, and copies of
+    training images not at all. Up to ``CACHE_IMAGES`` images are kept, least recently
+    used leaving first.
     """
 
     Params = FRDParams
-    bootstrap = False  # radiomic features of every synthetic image: too slow to repeat per resample
+    CACHE_IMAGES = 100_000  # a few hundred features each: about 100 MB at most
 
     def __init__(self, params, spec):
         super().__init__(params, spec)
-        self._real_features: dict[str, np.ndarray] = {}
+        self._features: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         check_compatible(train, held_out=held_out, synthetic=synthetic)
         p = self.params
         reference = train if p.reference == "train" else held_out
-        key = content_hash(Preprocessing(channels=1).uint8(reference.images)) + p.frd_version
-        if key not in self._real_features:
-            self._real_features = {key: radiomic_features(reference, p.frd_version, p.num_workers)}
-        fake = radiomic_features(synthetic, p.frd_version, p.num_workers)
-        return [MetricValue("frd", frechet_radiomics_distance(self._real_features[key], fake, p.frd_version), higher_is_better=False)]
+        real, fake = self.image_features(reference), self.image_features(synthetic)
+        return [MetricValue("frd", frechet_radiomics_distance(real, fake, p.frd_version), higher_is_better=False)]
+
+    def image_features(self, images: ImageSet) -> np.ndarray:
+        """``(images, features)`` radiomic features, extracted only for images not seen before.
+
+        When frd-score leaves an image out (its extraction failed), the rows no longer
+        match the images one to one: the set's features are then returned as extracted,
+        and none of them is kept.
+        """
+        p = self.params
+        gray = Preprocessing(channels=1).uint8(images.images)
+        keys = [f"{p.frd_version} {content_hash(image)}" for image in gray]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._features and key not in first:
+                first[key] = i
+        found: dict[str, np.ndarray] = {}
+        if first:
+            new = ImageSet(images.images[list(first.values())])
+            rows = radiomic_features(new, p.frd_version, p.num_workers)
+            if len(rows) != len(first):
+                return radiomic_features(images, p.frd_version, p.num_workers)
+            found = dict(zip(first, rows))
+        for key in keys:
+            if key not in found:
+                found[key] = self._features[key]
+                self._features.move_to_end(key)
+        for key, row in found.items():
+            self._features[key] = row
+        while len(self._features) > self.CACHE_IMAGES:
+            self._features.popitem(last=False)
+        return np.stack([found[key] for key in keys])
