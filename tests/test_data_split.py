@@ -158,7 +158,7 @@ def test_saved_split_holds_ids_only_and_detects_changed_data(format_registry, tm
     saved = load_split(tmp_path / "split.json")
     assert {side: saved[side] for side in ("train", "held_out")} == dataset.split
     text = (tmp_path / "split.json").read_text()
-    assert set(json.loads(text)) == {"format", "grouping", "train", "held_out"}
+    assert set(json.loads(text)) == {"format", "grouping", "train", "held_out", "content"}
     for path in source.rglob("*"):
         if path.is_file():
             header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -169,6 +169,28 @@ def test_saved_split_holds_ids_only_and_detects_changed_data(format_registry, tm
     (source / dataset.split["train"][0]).unlink()
     with pytest.raises(DataError, match=r"^data\.source changed since this run started: 1 training images differ"):
         check_split(load_dataset(config, format_registry), saved)
+
+
+def test_resume_detects_an_image_replaced_under_the_same_name(format_registry, tmp_path):
+    """Same file names, other pixels (a re-export, a file overwritten by another patient's): the split is the same, the data is not."""
+    source = tmp_path / "dicom"
+    shutil.copytree(PYDICOM_FILES / "dicomdirtests" / "98892003" / "MR700", source / "series")
+    config = DataConfig(source=str(source), resolution=16)
+    dataset = load_dataset(config, format_registry)
+    save_split(dataset, tmp_path / "split.json")
+    saved = load_split(tmp_path / "split.json")
+    first, second = (source / record_id for record_id in dataset.split["train"][:2])
+    swapped = first.read_bytes()
+    first.write_bytes(second.read_bytes())  # the first training file now holds the second one's image
+    reloaded = load_dataset(config, format_registry)
+    assert reloaded.split == dataset.split  # ids alone cannot tell
+    with pytest.raises(DataError, match=rf"^data\.source changed since this run started: 1 images have other pixels under the same name "
+                                        rf"\(e.g. '{dataset.split['train'][0]}'\)"):
+        check_split(reloaded, saved)
+    first.write_bytes(swapped)
+    check_split(load_dataset(config, format_registry), saved)  # restored: accepted again
+    older = {key: value for key, value in saved.items() if key != "content"}
+    check_split(reloaded, older)  # a run started before digests were saved is checked by ids only
 
 
 def test_resume_detects_a_removed_held_out_image(format_registry, tmp_path):

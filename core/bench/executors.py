@@ -309,6 +309,7 @@ class RayExecutor(Executor):
             env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
             kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "include_dashboard": False, "log_to_driver": False}
             if options.ray_address:
+                _check_reachable(options.ray_address)
                 kwargs["address"] = options.ray_address
             elif options.ray_num_cpus:
                 kwargs["num_cpus"] = options.ray_num_cpus
@@ -341,6 +342,24 @@ class RayExecutor(Executor):
     def close(self) -> None:
         if self._started:
             self.ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail fast when nothing listens at a ``host:port`` or ``ray://host:port`` address.
+
+    ``ray.init`` would retry a wrong address for minutes before giving up; ``auto`` (the
+    cluster started on this machine) is left to Ray, which answers at once.
+    """
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RaresynthError(f"--ray-address {address}: cannot connect to Ray: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+                             "start the cluster (ray start --head) or correct the address") from None
 
 
 def _cluster_cpus(ray: Any) -> int:

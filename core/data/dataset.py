@@ -22,6 +22,8 @@ written: files are opened for reading only.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,6 +55,14 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (record id or path, reason)
     format: str = ""
     grouping: Grouping | None = None  # the group of each record (hashed), for split.json
+
+    def content_digests(self) -> dict[str, str]:
+        """``{record id: digest of its preprocessed pixels}`` (16 hex digits of SHA-256), for split.json."""
+        digests = {}
+        for side, images in ((TRAIN, self.train), (HELD_OUT, self.held_out)):
+            for record_id, image in zip(self.split[side], images.images):
+                digests[record_id] = hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest()[:16]
+        return digests
 
 
 # ---------------------------------------------------------------------------
@@ -153,6 +163,8 @@ def save_split(dataset: Dataset, path: str | Path) -> None:
     ``grouping`` holds the effective ``group_by``, the number of groups on each side,
     how many records lacked the attribute (grouped by the format's group instead)
     and each record's group key, hashed: records with one key share a patient.
+    ``content`` holds a digest of each record's preprocessed pixels, so that an image
+    replaced under the same name is noticed too.
     """
     path = Path(path)
     content: dict[str, Any] = {"format": dataset.format}
@@ -165,6 +177,7 @@ def save_split(dataset: Dataset, path: str | Path) -> None:
             "keys": keys,
         }
     content[TRAIN], content[HELD_OUT] = dataset.split[TRAIN], dataset.split[HELD_OUT]
+    content["content"] = dataset.content_digests()
     write_text_atomic(path, json.dumps(content, indent=1) + "\n")
 
 
@@ -177,6 +190,8 @@ def load_split(path: str | Path) -> dict[str, Any]:
         if "grouping" in content:  # absent in runs started before data.split.group_by
             grouping = content["grouping"]
             saved["grouping"] = {"group_by": str(grouping["group_by"]), "keys": dict(grouping["keys"])}
+        if "content" in content:  # absent in runs started before pixel digests were saved
+            saved["content"] = {str(k): str(v) for k, v in dict(content["content"]).items()}
         return saved
     except FileNotFoundError:
         raise DataError(f"{path}: saved split not found") from None
@@ -199,6 +214,14 @@ def check_split(dataset: Dataset, saved: dict[str, Any]) -> None:
             f"data.source changed since this run started: {len(train_changes)} training images{held_out_note} differ "
             f"(e.g. '{example}'){older}; restore the original data, or start a new run in another run_dir"
         )
+    if "content" in saved:
+        digests = dataset.content_digests()
+        changed = sorted(i for i, digest in saved["content"].items() if digests.get(i, digest) != digest)
+        if changed:
+            raise DataError(
+                f"data.source changed since this run started: {len(changed)} images have other pixels under the same name "
+                f"(e.g. '{changed[0]}'), or their preprocessing changed; restore the original data, or start a new run in another run_dir"
+            )
     if saved_grouping is None or dataset.grouping is None:
         return
     if saved_grouping["group_by"] != dataset.grouping.group_by:
