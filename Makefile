@@ -39,6 +39,7 @@ mutation: install
 	mkdir -p mutation/out
 	set -e; for module in $(MODULES); do \
 	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/cosmic-ray init mutation/$$module.toml mutation/out/$$module.sqlite; \
+	  $(BIN)/python mutation/skip_annotations.py mutation/out/$$module.sqlite; \
 	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/cosmic-ray exec mutation/$$module.toml mutation/out/$$module.sqlite; \
 	  $(BIN)/cr-report mutation/out/$$module.sqlite --show-pending > mutation/out/$$module.txt; \
 	  tail -n 3 mutation/out/$$module.txt; \
