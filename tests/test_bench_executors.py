@@ -15,7 +15,7 @@ import yaml
 
 import raresynth.bench.run as bench
 from helpers import HERE
-from raresynth import ConfigError
+from raresynth import ConfigError, RaresynthError
 from raresynth.bench import prepare_benchmark, run_benchmark
 from raresynth.bench.executors import JOBS_FILE, ExecutorOptions, SubmititExecutor, TrainJob, executor_options, train_command
 
@@ -297,7 +297,7 @@ def test_a_running_ray_cluster_is_joined_by_its_address(tmp_path, registry, ray_
 
 def test_an_unreachable_ray_address_is_a_one_line_error(tmp_path, registry, job_env):
     pytest.importorskip("ray")
-    with pytest.raises(Exception, match=r"--ray-address 127\.0\.0\.1:\d+: cannot connect to Ray") as info:
+    with pytest.raises(RaresynthError, match=r"--ray-address 127\.0\.0\.1:\d+: cannot connect to Ray") as info:
         run(write_benchmark(tmp_path, "ray"), registry, executor="ray",
             executor_options_={**RAY_OPTIONS, "ray_address": f"127.0.0.1:{_free_port()}"})
     assert "\n" not in str(info.value)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import embedded_data
-from raresynth import DataSpec, PenaltyInputs
+from raresynth import ConfigError, DataSpec, PenaltyInputs
 from raresynth.bench import prepare_benchmark, run_benchmark
 from raresynth.config import load_config
 from raresynth.plugins.diffaugment import DiffAugment, color, cutout, translation
@@ -50,7 +50,7 @@ def test_lecam_calls_the_discriminator_when_given_no_logits_and_its_gradient_rea
     value = reg.penalty(PenaltyInputs(step=0, model=lambda x, labels: d(x), real=real, fake=fake))
     value.backward()
     assert d[1].weight.grad is not None and d[1].weight.grad.abs().sum() > 0
-    with pytest.raises(Exception, match=r"'lecam' \(LeCam\) needs D's logits"):
+    with pytest.raises(ConfigError, match=r"'lecam' \(LeCam\) needs D's logits"):
         reg.penalty(PenaltyInputs(step=0, real=real))
 
 
@@ -92,7 +92,7 @@ def test_stylegan2_ada_applies_diffaugment_to_what_d_sees_by_config_alone(regist
 
 
 def test_a_backend_without_the_augment_role_refuses_diffaugment(registry, toy_config):
-    with pytest.raises(Exception, match=r"regularizers.0.name: regularizer 'diffaugment' applies to the augment"):
+    with pytest.raises(ConfigError, match=r"regularizers.0.name: regularizer 'diffaugment' applies to the augment"):
         load_config(toy_config(regularizers=[{"name": "diffaugment"}]), registry=registry)
 
 
