@@ -280,3 +280,14 @@ def test_loading_never_changes_the_source(tmp_path, format_registry, ihc):
     for source in ("pngs", "dicom", "anatomical.nii", "anatomical.nii.gz", "m.npz"):
         load_dataset(DataConfig(source=str(tmp_path / source), resolution=16), format_registry)
     assert fingerprint() == before
+
+
+def test_a_format_listing_an_image_twice_is_refused(tmp_path, format_registry, ihc, monkeypatch):
+    """Record ids key the split and split.json: a (third-party) format that lists one twice gets a one-line error."""
+    from raresynth.plugins.formats.image_folder import ImageFolder
+
+    source = good_folder(tmp_path, ihc, count=3)
+    scan = ImageFolder.scan
+    monkeypatch.setattr(ImageFolder, "scan", lambda self, root: (lambda records: records + records[:1])(scan(self, root)))
+    message = load_error(format_registry, source, format="image_folder")
+    assert message == f"{source}: format 'image_folder' lists image 'good0.png' 2 times; record ids must be unique"

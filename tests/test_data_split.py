@@ -180,17 +180,21 @@ def test_resume_detects_an_image_replaced_under_the_same_name(format_registry, t
     save_split(dataset, tmp_path / "split.json")
     saved = load_split(tmp_path / "split.json")
     first, second = (source / record_id for record_id in dataset.split["train"][:2])
-    swapped = first.read_bytes()
-    first.write_bytes(second.read_bytes())  # the first training file now holds the second one's image
+    one, two = first.read_bytes(), second.read_bytes()
+    first.write_bytes(two)  # the two training files swap their images
+    second.write_bytes(one)
     reloaded = load_dataset(config, format_registry)
     assert reloaded.split == dataset.split  # ids alone cannot tell
-    with pytest.raises(DataError, match=rf"^data\.source changed since this run started: 1 images have other pixels under the same name "
-                                        rf"\(e.g. '{dataset.split['train'][0]}'\)"):
+    expected = sorted(dataset.split["train"][:2])[0]
+    with pytest.raises(DataError, match=rf"^data\.source changed since this run started: 2 images have other pixels under the same name "
+                                        rf"\(e.g. '{expected}'\)"):
         check_split(reloaded, saved)
-    first.write_bytes(swapped)
+    first.write_bytes(one)
+    second.write_bytes(two)
     check_split(load_dataset(config, format_registry), saved)  # restored: accepted again
-    older = {key: value for key, value in saved.items() if key != "content"}
-    check_split(reloaded, older)  # a run started before digests were saved is checked by ids only
+    # runs started before digests (and before group_by) were saved are checked by their ids only
+    for older in ({k: v for k, v in saved.items() if k != "content"}, {k: v for k, v in saved.items() if k not in ("content", "grouping")}):
+        check_split(reloaded, older)
 
 
 def test_resume_detects_a_removed_held_out_image(format_registry, tmp_path):
@@ -438,6 +442,37 @@ def test_a_group_the_source_puts_on_both_sides_is_an_error(format_registry, tmp_
     grouping = group_records(records, config, format_registry.data_format("npz")(format_registry.data_format("npz").Params()), "npz")
     with pytest.raises(DataError, match=r"^data\.split\.group_by: regex:#\(\\d\+\) puts 'test#0' and 'train#0' in one group, but the source fixes them to held_out and train"):
         split_records(records, config.split, grouping)
+
+
+@pytest.mark.parametrize("first, second", [("train", "held_out"), ("held_out", "train")])
+def test_a_group_fixed_to_both_sides_is_refused_whichever_comes_first(first, second):
+    from raresynth import Record
+
+    records = [Record(id="p1/a", source=Path("a"), group="p1", split=first), Record(id="p1/b", source=Path("b"), group="p1", split=second)]
+    with pytest.raises(DataError, match=rf"puts 'p1/a' and 'p1/b' in one group, but the source fixes them to {first} and {second}"):
+        split_records(records, SplitConfig())
+
+
+def test_a_group_is_stratified_by_its_most_common_label():
+    from raresynth import Record
+    from raresynth.data.split import _majority_label
+
+    def members(*labels):
+        return [Record(id=f"r{i}", source=Path("x"), label=label) for i, label in enumerate(labels)]
+
+    assert _majority_label(members("a", "a", "b")) == "a"
+    assert _majority_label(members("b", "a", "b")) == "b"
+    assert _majority_label(members("b", "a")) == "a"  # a tie: the first label by name, whatever the order
+    assert _majority_label(members(None, None)) == ""
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
+def test_a_large_held_out_fraction_still_leaves_a_group_to_train_on(fraction):
+    from raresynth import Record
+
+    records = [Record(id=f"p{g}/{i}", source=Path("x"), group=f"p{g}", label="c") for g in range(2) for i in range(3)]
+    train, held_out = split_records(records, SplitConfig(held_out_fraction=fraction))
+    assert len(train) == 3 and len(held_out) == 3  # one patient on each side: never every group held out
 
 
 def test_a_run_on_dicom_writes_no_patient_identifier_and_reports_images_without_one(tmp_path, capsys, one_thread):
