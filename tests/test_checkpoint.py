@@ -54,3 +54,17 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         load_state(path)
     with pytest.raises(RunDirError, match="checkpoint not found"):
         load_state(tmp_path / "nope.safetensors")
+
+
+def test_a_state_is_loaded_onto_the_device_asked_for_nested_tensors_too(tmp_path):
+    """``load_state(path, device)`` moves every tensor, in dicts, lists and tuples; "meta" stands in for a GPU here."""
+    state = {"weights": torch.arange(4.0), "moments": [torch.ones(2), (torch.zeros(3), 7)], "step": 3}
+    save_state(state, tmp_path / "s.safetensors")
+    on_cpu = load_state(tmp_path / "s.safetensors")
+    assert torch.equal(on_cpu["weights"], state["weights"]) and on_cpu["step"] == 3
+    moved = load_state(tmp_path / "s.safetensors", device="meta")
+    tensors = [moved["weights"], moved["moments"][0], moved["moments"][1][0]]
+    assert all(t.device.type == "meta" for t in tensors)
+    assert [tuple(t.shape) for t in tensors] == [(4,), (2,), (3,)]
+    assert isinstance(moved["moments"][1], type(on_cpu["moments"][1])) and moved["moments"][1][1] == 7
+    assert on_cpu["weights"].device.type == "cpu"  # the default stays on the CPU

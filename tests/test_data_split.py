@@ -504,3 +504,15 @@ def test_a_run_on_dicom_writes_no_patient_identifier_and_reports_images_without_
     for path in written:  # every file the run wrote, checkpoints included
         content = path.read_bytes()
         assert not any(patient.encode() in content for patient in by_patient), f"a PatientID leaked into {path.name}"
+
+
+def test_a_damaged_or_missing_split_json_is_a_one_line_error(tmp_path):
+    path = tmp_path / "split.json"
+    with pytest.raises(DataError, match=rf"^{path}: saved split not found$"):
+        load_split(path)
+    for content, problem in (("{not json", "Expecting property name"), ('{"train": ["a.png"]}', "'held_out'"),
+                             ('{"train": ["a.png"], "held_out": [], "grouping": {"keys": {}}}', "'group_by'"),
+                             ('{"train": 3, "held_out": []}', "not iterable")):
+        path.write_text(content)
+        with pytest.raises(DataError, match=rf"^{path}: not a valid saved split \(.*{problem}.*\); it is written by raresynth, do not edit it$"):
+            load_split(path)
