@@ -68,3 +68,17 @@ def test_a_state_is_loaded_onto_the_device_asked_for_nested_tensors_too(tmp_path
     assert [tuple(t.shape) for t in tensors] == [(4,), (2,), (3,)]
     assert isinstance(moved["moments"][1], type(on_cpu["moments"][1])) and moved["moments"][1][1] == 7
     assert on_cpu["weights"].device.type == "cpu"  # the default stays on the CPU
+
+
+def test_pruning_a_checkpoint_another_process_already_deleted_is_no_error(tmp_path):
+    """Two processes of one run prune the same folder: the second finds some files gone and goes on."""
+    for nimg in (1000, 2000, 3000):
+        save_state({"x": torch.tensor(nimg)}, checkpoint_path(tmp_path, nimg))
+
+    def owned_but_gone(path):  # the other process deleted it between our listing and our unlink
+        path.unlink()
+        return True
+
+    deleted = prune_checkpoints(tmp_path, keep=1, owned=owned_but_gone)
+    assert [p.name for p in deleted] == ["checkpoint-000001000.safetensors", "checkpoint-000002000.safetensors"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-000003000.safetensors"]

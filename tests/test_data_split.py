@@ -119,6 +119,32 @@ def test_labels_csv_can_name_whole_volumes(format_registry, tmp_path):
     assert set(dataset.held_out.labels.tolist()) == {0, 1}
 
 
+def test_a_labels_csv_column_can_group_whole_volumes(format_registry, tmp_path):
+    """column:NAME rows may name a volume file: its slices (``subject0.nii#z=3``) take that row's group."""
+    for i in range(6):
+        shutil.copy(ANATOMICAL, tmp_path / f"subject{i}.nii")
+    labels = tmp_path.parent / f"{tmp_path.name}_labels.csv"
+    patient = {f"subject{i}.nii": f"P{i // 2}" for i in range(6)}  # two scans per patient
+    labels.write_text("file,label,patient\n" + "".join(f"{name},c,{p}\n" for name, p in patient.items()))
+    for seed in range(3):
+        config = DataConfig(source=str(tmp_path), resolution=16, labels=str(labels), split=SplitConfig(seed=seed, group_by="column:patient"))
+        dataset = load_dataset(config, format_registry)
+        sides = {side: {patient[i.split("#")[0]] for i in dataset.split[side]} for side in ("train", "held_out")}
+        assert sides["held_out"] and not sides["train"] & sides["held_out"]
+
+
+def test_a_format_failing_to_read_an_attribute_names_the_file(format_registry, monkeypatch):
+    from raresynth.plugins.formats.dicom import Dicom
+
+    def broken(self, record, attribute):
+        raise RuntimeError("header parser bug")
+
+    monkeypatch.setattr(Dicom, "attribute_value", broken)
+    config = DataConfig(source=str(PYDICOM_FILES / "dicomdirtests" / "98892003" / "MR700"), resolution=16)
+    with pytest.raises(DataError, match=r"MR700/\S+.*: format 'dicom' could not read its PatientID: RuntimeError: header parser bug$"):
+        load_dataset(config, format_registry)
+
+
 def test_the_sources_own_split_is_kept(format_registry, tmp_path):
     images = skimage.data.cell()[:280:10, :280:10][None].repeat(10, axis=0)  # (10, 28, 28)
     np.savez(tmp_path / "m.npz", train_images=images[:6], train_labels=np.zeros((6, 1)).astype(int), test_images=images[6:], test_labels=np.ones((4, 1)).astype(int))
@@ -167,8 +193,9 @@ def test_saved_split_holds_ids_only_and_detects_changed_data(format_registry, tm
                 assert not value or value not in text, f"{keyword} leaked into the saved split"
     check_split(load_dataset(config, format_registry), saved)  # unchanged data: no error
     (source / dataset.split["train"][0]).unlink()
-    with pytest.raises(DataError, match=r"^data\.source changed since this run started: 1 training images differ"):
+    with pytest.raises(DataError, match=r"^data\.source changed since this run started: 1 training images differ") as info:
         check_split(load_dataset(config, format_registry), saved)
+    assert "predates" not in str(info.value)  # this run saved its grouping: no note about older runs
 
 
 def test_resume_detects_an_image_replaced_under_the_same_name(format_registry, tmp_path):
