@@ -56,6 +56,27 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         load_state(tmp_path / "nope.safetensors")
 
 
+def test_every_tensor_of_a_nested_state_comes_back_in_its_place(tmp_path):
+    state = {"a": [torch.zeros(1), torch.ones(2)], "b": [torch.full((3,), 2.0), [torch.full((4,), 3.0)]], "c": (torch.arange(5),)}
+    save_state(state, tmp_path / "s.safetensors")
+    back = load_state(tmp_path / "s.safetensors")
+    assert [t.tolist() for t in back["a"]] == [[0.0], [1.0, 1.0]]
+    assert back["b"][0].tolist() == [2.0] * 3 and back["b"][1][0].tolist() == [3.0] * 4
+    assert isinstance(back["c"], tuple) and back["c"][0].tolist() == list(range(5))
+
+
+def test_any_changed_byte_of_the_tensors_is_caught_by_the_checksum(tmp_path):
+    path = checkpoint_path(tmp_path, 5)
+    save_state({"x": torch.arange(64, dtype=torch.float32)}, path)
+    data = path.read_bytes()
+    for position in range(len(data) - 64 * 4, len(data), 29):  # bytes inside the tensor data, at the end of the file
+        damaged = bytearray(data)
+        damaged[position] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(RunDirError, match=r"checkpoint is corrupt \(its tensors do not match their sha256\)"):
+            load_state(path)
+
+
 def test_a_state_is_loaded_onto_the_device_asked_for_nested_tensors_too(tmp_path):
     """``load_state(path, device)`` moves every tensor, in dicts, lists and tuples; "meta" stands in for a GPU here."""
     state = {"weights": torch.arange(4.0), "moments": [torch.ones(2), (torch.zeros(3), 7)], "step": 3}

@@ -350,6 +350,9 @@ def test_resume_detects_a_changed_group_and_a_changed_group_by(format_registry, 
     by_study = {**saved, "grouping": {**saved["grouping"], "group_by": "StudyInstanceUID"}}  # as a run split by study saved it
     with pytest.raises(DataError, match=r"^data\.split\.group_by is PatientID now, but this run was split by StudyInstanceUID; set it back"):
         check_split(load_dataset(config, format_registry), by_study)
+    by_accession = {**saved, "grouping": {**saved["grouping"], "group_by": "AccessionNumber"}}  # sorts before PatientID
+    with pytest.raises(DataError, match=r"^data\.split\.group_by is PatientID now, but this run was split by AccessionNumber; set it back"):
+        check_split(load_dataset(config, format_registry), by_accession)
     owner = patient_of(by_patient)
     training_patients = sorted({owner[i] for i in dataset.split["train"]})
     moved = by_patient[training_patients[0]][0]  # one image of a training patient now names another training patient
@@ -397,7 +400,7 @@ def test_regex_groups_keep_each_patient_on_one_side(format_registry, patient_sli
     patient = {i: i.split("/")[1].split("_")[0] for i in ids(scan(format_registry, "image_folder", patient_slices))}
     by_file_crossed = 0
     for seed in range(6):
-        config = DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(seed=seed, group_by=r"regex:^\w+/(p\d+)_"))
+        config = DataConfig(source=str(patient_slices), resolution=16, split=SplitConfig(seed=seed, group_by=r"regex:^\w+/(p\d+)_\d"))
         dataset = load_dataset(config, format_registry)
         assert not crossing(sides(dataset), patient)
         assert sorted({patient[i][:2] for i in dataset.split["held_out"]}) == ["p0", "p1"]  # one patient per class
@@ -493,13 +496,14 @@ def test_a_group_is_stratified_by_its_most_common_label():
     assert _majority_label(members(None, None)) == ""
 
 
-@pytest.mark.parametrize("fraction", [0.5, 0.9, 0.99])
-def test_a_large_held_out_fraction_still_leaves_a_group_to_train_on(fraction):
+@pytest.mark.parametrize("groups, fraction, held", [(2, 0.5, 1), (2, 0.9, 1), (2, 0.99, 1), (3, 0.9, 2), (5, 0.5, 2), (5, 0.05, 1)])
+def test_a_large_held_out_fraction_still_leaves_a_group_to_train_on(groups, fraction, held):
+    """round(fraction x groups) held out, at least one, never all."""
     from raresynth import Record
 
-    records = [Record(id=f"p{g}/{i}", source=Path("x"), group=f"p{g}", label="c") for g in range(2) for i in range(3)]
+    records = [Record(id=f"p{g}/{i}", source=Path("x"), group=f"p{g}", label="c") for g in range(groups) for i in range(3)]
     train, held_out = split_records(records, SplitConfig(held_out_fraction=fraction))
-    assert len(train) == 3 and len(held_out) == 3  # one patient on each side: never every group held out
+    assert len({r.group for r in held_out}) == held and len({r.group for r in train}) == groups - held
 
 
 def test_a_run_on_dicom_writes_no_patient_identifier_and_reports_images_without_one(tmp_path, capsys, one_thread):
