@@ -232,11 +232,17 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_ch
     assert main(["train", str(config_path), "--resume", "--no-progress"]) == 0
 
 
-def test_a_full_disk_reported_by_safetensors_itself_is_one_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("message", [
+    'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })',
+    "Error while serializing: IoError(No space left on device)",  # each of the three signs alone is enough
+    "I/O error: os error 28",
+    "Error while serializing: IoError(Custom { kind: StorageFull })",
+])
+def test_a_full_disk_reported_by_safetensors_itself_is_one_line(tmp_path, monkeypatch, message):
     from safetensors import SafetensorError
 
     def full(tensors, filename, metadata=None):
-        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+        raise SafetensorError(message)
 
     path = tmp_path / "checkpoint-000000064.safetensors"
     ckpt.save_state({"x": torch.ones(3)}, path)
@@ -246,6 +252,17 @@ def test_a_full_disk_reported_by_safetensors_itself_is_one_line(tmp_path, monkey
     assert "\n" not in str(excinfo.value)
     assert torch.equal(ckpt.load_state(path)["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_another_write_error_from_safetensors_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def denied(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 13, kind: PermissionDenied })")
+
+    monkeypatch.setattr(ckpt, "save_file", denied)
+    with pytest.raises(FileWriteError, match=r"kind: PermissionDenied \}\)\); check the folder and run again$"):
+        ckpt.save_state({"x": torch.zeros(3)}, tmp_path / "checkpoint-000000064.safetensors")
 
 
 def test_sample_output_is_written_atomically(toy_config, registry, tmp_path, monkeypatch, capsys):
