@@ -291,3 +291,17 @@ def test_a_format_listing_an_image_twice_is_refused(tmp_path, format_registry, i
     monkeypatch.setattr(ImageFolder, "scan", lambda self, root: (lambda records: records + records[:1])(scan(self, root)))
     message = load_error(format_registry, source, format="image_folder")
     assert message == f"{source}: format 'image_folder' lists image 'good0.png' 2 times; record ids must be unique"
+
+
+def test_a_format_that_crashes_reading_an_image_names_the_file(tmp_path, format_registry, ihc, monkeypatch):
+    """A plugin's bug (any exception, not a DataError) still gives a one-line error naming the file and the format."""
+    from raresynth.plugins.formats.image_folder import ImageFolder
+
+    source = good_folder(tmp_path, ihc, count=2)
+
+    def broken(self, record):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(ImageFolder, "read", broken)
+    message = load_error(format_registry, source, format="image_folder")
+    assert message.endswith("good0.png: format 'image_folder' could not read it: ZeroDivisionError: division by zero")

@@ -107,6 +107,14 @@ def test_slices_of_one_volume_never_land_on_both_sides(format_registry, tmp_path
         assert len(held_out_volumes) == 1 and len(train_volumes) == 4  # round(0.2 * 5) volumes
 
 
+def test_a_single_volume_gives_an_empty_held_out_set_of_the_right_shape(format_registry, tmp_path):
+    """One group cannot be split: every slice trains, and the held-out set is empty but shaped like the images."""
+    shutil.copy(ANATOMICAL, tmp_path / "subject0.nii")
+    dataset = load_dataset(DataConfig(source=str(tmp_path), resolution=16), format_registry)
+    assert len(dataset.train) > 0 and dataset.split["held_out"] == []
+    assert tuple(dataset.held_out.images.shape) == (0, *dataset.train.images.shape[1:])
+
+
 def test_labels_csv_can_name_whole_volumes(format_registry, tmp_path):
     for i in range(4):
         shutil.copy(ANATOMICAL, tmp_path / f"subject{i}.nii")
