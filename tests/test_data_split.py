@@ -361,6 +361,12 @@ def test_resume_detects_a_changed_group_and_a_changed_group_by(format_registry, 
     by_accession = {**saved, "grouping": {**saved["grouping"], "group_by": "AccessionNumber"}}  # sorts before PatientID
     with pytest.raises(DataError, match=r"^data\.split\.group_by is PatientID now, but this run was split by AccessionNumber; set it back"):
         check_split(load_dataset(config, format_registry), by_accession)
+    keys = saved["grouping"]["keys"]
+    a = next(iter(keys))
+    b = next(i for i in keys if keys[i] != keys[a])
+    swapped = {**saved, "grouping": {**saved["grouping"], "keys": {**keys, a: keys[b], b: keys[a]}}}  # two images trade patients
+    with pytest.raises(DataError, match=r"^data\.source changed since this run started: 2 images are in another group by PatientID now"):
+        check_split(load_dataset(config, format_registry), swapped)
     owner = patient_of(by_patient)
     training_patients = sorted({owner[i] for i in dataset.split["train"]})
     moved = by_patient[training_patients[0]][0]  # one image of a training patient now names another training patient
@@ -488,6 +494,14 @@ def test_a_group_fixed_to_both_sides_is_refused_whichever_comes_first(first, sec
 
     records = [Record(id="p1/a", source=Path("a"), group="p1", split=first), Record(id="p1/b", source=Path("b"), group="p1", split=second)]
     with pytest.raises(DataError, match=rf"puts 'p1/a' and 'p1/b' in one group, but the source fixes them to {first} and {second}"):
+        split_records(records, SplitConfig())
+
+
+def test_a_format_setting_an_unknown_split_is_refused():
+    from raresynth import Record
+
+    records = [Record(id="a.png", source=Path("a.png"), split="test")]
+    with pytest.raises(DataError, match=r"^a\.png: the format set split 'test'; expected 'train' or 'held_out'$"):
         split_records(records, SplitConfig())
 
 
