@@ -181,15 +181,23 @@ def test_class_indices_follow_sorted_class_names(format_registry, tmp_path):
     assert unlabelled.spec.class_names == () and unlabelled.train.labels is None
 
 
-def test_saved_split_holds_ids_only_and_detects_changed_data(format_registry, tmp_path):
+def saved_dicom_split(format_registry, tmp_path, single_files=("CT_small.dcm", "MR_small.dcm")):
+    """pydicom's MR700 series (and single files) copied to ``tmp_path/dicom``, loaded and its split saved.
+
+    Returns ``(source, config, dataset, saved split)``.
+    """
     source = tmp_path / "dicom"
     shutil.copytree(PYDICOM_FILES / "dicomdirtests" / "98892003" / "MR700", source / "series")
-    for name in ("CT_small.dcm", "MR_small.dcm"):
+    for name in single_files:
         shutil.copy(PYDICOM_FILES / name, source / name)
     config = DataConfig(source=str(source), resolution=16)
     dataset = load_dataset(config, format_registry)
     save_split(dataset, tmp_path / "split.json")
-    saved = load_split(tmp_path / "split.json")
+    return source, config, dataset, load_split(tmp_path / "split.json")
+
+
+def test_saved_split_holds_ids_only_and_detects_changed_data(format_registry, tmp_path):
+    source, config, dataset, saved = saved_dicom_split(format_registry, tmp_path)
     assert {side: saved[side] for side in ("train", "held_out")} == dataset.split
     text = (tmp_path / "split.json").read_text()
     assert set(json.loads(text)) == {"format", "grouping", "train", "held_out", "content"}
@@ -208,12 +216,7 @@ def test_saved_split_holds_ids_only_and_detects_changed_data(format_registry, tm
 
 def test_resume_detects_an_image_replaced_under_the_same_name(format_registry, tmp_path):
     """Same file names, other pixels (a re-export, a file overwritten by another patient's): the split is the same, the data is not."""
-    source = tmp_path / "dicom"
-    shutil.copytree(PYDICOM_FILES / "dicomdirtests" / "98892003" / "MR700", source / "series")
-    config = DataConfig(source=str(source), resolution=16)
-    dataset = load_dataset(config, format_registry)
-    save_split(dataset, tmp_path / "split.json")
-    saved = load_split(tmp_path / "split.json")
+    source, config, dataset, saved = saved_dicom_split(format_registry, tmp_path, single_files=())
     first, second = (source / record_id for record_id in dataset.split["train"][:2])
     one, two = first.read_bytes(), second.read_bytes()
     first.write_bytes(two)  # the two training files swap their images
@@ -237,14 +240,7 @@ def test_resume_detects_a_removed_held_out_image(format_registry, tmp_path):
 
     The split is redone over the remaining files, so a training image moves as well; the message counts both sides.
     """
-    source = tmp_path / "dicom"
-    shutil.copytree(PYDICOM_FILES / "dicomdirtests" / "98892003" / "MR700", source / "series")
-    for name in ("CT_small.dcm", "MR_small.dcm"):
-        shutil.copy(PYDICOM_FILES / name, source / name)
-    config = DataConfig(source=str(source), resolution=16)
-    dataset = load_dataset(config, format_registry)
-    save_split(dataset, tmp_path / "split.json")
-    saved = load_split(tmp_path / "split.json")
+    source, config, dataset, saved = saved_dicom_split(format_registry, tmp_path)
     (source / dataset.split["held_out"][0]).unlink()
     with pytest.raises(DataError, match=r"^data\.source changed since this run started: 1 training images and 2 held-out images differ"):
         check_split(load_dataset(config, format_registry), saved)

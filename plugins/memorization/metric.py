@@ -79,10 +79,12 @@ class Memorization(Metric):
 
             synthetic_to_train, held_out_to_train, train_to_train = (
                 self._rows.rows(s.images, key, to_train)[0] for s in (synthetic, held_out, train))
-            f_syn, f_held = features(synthetic, embedding), features(held_out, embedding)
+            vectors = None
+            if p.meehan_cells > 1:  # cells in the embedding: the points themselves
+                vectors = (f_train, features(synthetic, embedding), features(held_out, embedding))
             audits.append(audit_space(
                 embedding.tag, synthetic_to_train, held_out_to_train, _without_self(train_to_train), p.percentile,
-                p.meehan_cells, (f_train, f_syn, f_held), p.seed, p.fpr_splits))
+                p.meehan_cells, vectors, p.seed, p.fpr_splits))
         return audits
 
     def _flip_distances(self, images: torch.Tensor, f_train: torch.Tensor, embedding) -> torch.Tensor:
