@@ -223,7 +223,7 @@ def test_resume_detects_an_image_replaced_under_the_same_name(format_registry, t
     second.write_bytes(one)
     reloaded = load_dataset(config, format_registry)
     assert reloaded.split == dataset.split  # ids alone cannot tell
-    expected = sorted(dataset.split["train"][:2])[0]
+    expected = min(dataset.split["train"][:2])
     with pytest.raises(DataError, match=rf"^data\.source changed since this run started: 2 images have other pixels under the same name "
                                         rf"\(e.g. '{expected}'\)"):
         check_split(reloaded, saved)

@@ -91,6 +91,8 @@ def test_pixel_space_only_and_meehan_cells(plugins, data):
     assert set(values) == {"copy_rate_pixel", "copy_threshold_fpr_pixel", "meehan_z_pixel", "authenticity_pixel",
                            "authenticity_held_out_pixel"}
     assert values["meehan_z_pixel"] < 0
+    in_embedding = {v.name: v.value for v in audit(plugins, data, meehan_cells=2).compute(data.train, data.held_out, with_planted_copies(data))}
+    assert in_embedding["meehan_z_pixel"] == values["meehan_z_pixel"] and in_embedding["meehan_z_domain"] < 0  # cells in the embedding too
     with pytest.raises(ConfigError, match="meehan_cells: 500 cells for 64 training images"):
         audit(plugins, data, embedding=None, meehan_cells=500).compute(data.train, data.held_out, data.held_out)
 
