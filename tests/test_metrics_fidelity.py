@@ -191,6 +191,8 @@ def test_the_standard_inception_path_runs_offline_from_a_local_file(plugins, dat
     kid = metric(plugins, data, "kid", verify_weights=False, kid_subsets=2)  # random weights do not match the real checksum
     result = {v.name: v.value for v in kid.compute(few, few, few)}
     assert list(result) == ["kid_mean", "kid_std"]  # the standard extractor: no suffix
+    named = metric(plugins, data, "kid", verify_weights=False, embedding="-".join(["inception", "v3", "compat"]))
+    assert named.suffix(SimpleNamespace(tag="inception")) == ""  # named explicitly (a string read from a config): no suffix either
     with pytest.raises(ConfigError, match="is not the expected"):
         metric(plugins, data, "kid")  # verify_weights (the default) refuses a file that is not the published one
 
@@ -258,3 +260,77 @@ def test_prc_on_asymmetric_sets_with_known_answers(plugins, data):
     f_score = 2 * (2 / 5) * (4 / 5) / (2 / 5 + 4 / 5)
     assert result == {"prc_precision_pixels": pytest.approx(2 / 5), "prc_recall_pixels": pytest.approx(4 / 5),
                       "prc_f_score_pixels": pytest.approx(f_score)}
+
+
+# -- directions, sizes and defaults (gaps the mutation run found: docs/testing.md) ------------------
+
+
+def test_every_value_declares_its_direction_and_question(plugins, data):
+    """The report ranks by these: FID and KID lower, precision, recall, F-score and IS higher, spreads not at all."""
+    synthetic = noisy(data.train, 0.2)
+    declared = {}
+    for name, options in (("fid", {}), ("kid", {"kid_subsets": 5}), ("prc", {}), ("isc", {"splits": 4})):
+        m = metric(plugins, data, name, embedding=TINY, **options)
+        declared.update({v.name: (v.ideal, v.question) for v in m.compute(data.train, data.held_out, synthetic)})
+    assert declared == {
+        f"fid{T}": ("lower", "fidelity"), f"kid_mean{T}": ("lower", "fidelity"), f"kid_std{T}": ("none", "fidelity"),
+        f"prc_precision{T}": ("higher", "fidelity"), f"prc_recall{T}": ("higher", "diversity"),
+        f"prc_f_score{T}": ("higher", "fidelity"), f"isc_mean{T}": ("higher", "fidelity"), f"isc_std{T}": ("none", "fidelity"),
+    }
+
+
+@pytest.mark.parametrize("name, options, fewest", [("fid", {}, 2), ("kid", {"kid_subsets": 2}, 2),
+                                                   ("prc", {"neighborhood": 3}, 4), ("prc", {"neighborhood": 1}, 2)])
+def test_each_metric_computes_from_the_fewest_images_it_needs_and_names_them_below(plugins, data, name, options, fewest):
+    m = metric(plugins, data, name, embedding=TINY, **options)
+    few = ImageSet(data.train.images[:fewest], data.train.labels[:fewest])
+    assert all(np.isfinite(list(values(m, data, few).values())))
+    too_few = ImageSet(data.train.images[:fewest - 1], data.train.labels[:fewest - 1])
+    what = "synthetic" if name == "fid" else name
+    with pytest.raises(ConfigError, match=f"^{what}: needs at least {fewest} images in each set, got {fewest - 1}$"):
+        m.compute(data.train, data.held_out, too_few)
+
+
+def test_fid_names_a_real_set_that_is_too_small(plugins, data):
+    one = ImageSet(data.train.images[:1], data.train.labels[:1])
+    with pytest.raises(ConfigError, match="^fid: needs at least 2 images in each set, got 1$"):
+        metric(plugins, data, "fid", embedding=TINY, reference="held_out").compute(data.train, one, data.train)
+
+
+def test_an_explicit_kid_subset_size_may_be_the_smaller_sets_size_or_less(plugins, data):
+    small = ImageSet(data.train.images[:10], data.train.labels[:10])
+    for size in (10, 5):
+        assert f"kid_mean{T}" in values(metric(plugins, data, "kid", embedding=TINY, kid_subsets=2, kid_subset_size=size), data, small)
+    with pytest.raises(ConfigError, match="kid_subset_size: 11 is more than the smaller set holds"):
+        metric(plugins, data, "kid", embedding=TINY, kid_subset_size=11).compute(data.train, data.held_out, small)
+
+
+def test_kid_subsets_default_to_torch_fidelitys_1000_images_on_large_sets(plugins, data, monkeypatch):
+    import torch_fidelity.metric_kid as metric_kid
+
+    seen = {}
+
+    def record(fake, real, **kwargs):
+        seen.update(kwargs, real=len(real), fake=len(fake))
+        return {metric_kid.KEY_METRIC_KID_MEAN: 0.0, metric_kid.KEY_METRIC_KID_STD: 0.0}
+
+    monkeypatch.setattr(metric_kid, "kid_features_to_metric", record)
+    large = ImageSet(data.train.images.repeat(16, 1, 1, 1)[:1001])  # 1001 images: one more than the default subset
+    kid = metric(plugins, data, "kid", embedding=TINY)
+    kid.compute(large, data.held_out, large)
+    assert (seen["kid_subset_size"], seen["real"], seen["fake"]) == (1000, 1001, 1001)
+
+
+def test_defaults_are_torch_fidelitys_and_the_smallest_settings_are_allowed(plugins, data):
+    from torch_fidelity.defaults import DEFAULTS
+
+    kid, prc, isc = (metric(plugins, data, name, embedding=TINY) for name in ("kid", "prc", "isc"))
+    assert (kid.params.kid_subsets, prc.params.neighborhood, isc.params.splits) == (
+        DEFAULTS["kid_subsets"], DEFAULTS["prc_neighborhood"], DEFAULTS["isc_splits"])
+    smallest = [("kid", {"kid_subsets": 1, "kid_subset_size": 2}), ("prc", {"neighborhood": 1}), ("isc", {"splits": 1})]
+    for name, options in smallest:
+        assert metric(plugins, data, name, embedding=TINY, **options).params.model_dump(include=set(options)) == options
+    for name, options in [("kid", {"kid_subsets": 0}), ("kid", {"kid_subset_size": 1}), ("prc", {"neighborhood": 0}),
+                          ("isc", {"splits": 0})]:
+        with pytest.raises(pydantic.ValidationError, match=f"{next(iter(options))}\n  Input should be greater than or equal"):
+            metric(plugins, data, name, embedding=TINY, **options)

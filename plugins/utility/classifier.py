@@ -80,7 +80,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
     """Adam for ``settings.steps`` steps on batches drawn epoch by epoch; deterministic for ``seed`` on one device."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SmallCNN(images.shape[1], num_classes, settings.width).to(settings.device)
+        model = SmallCNN(images.shape[1], num_classes, settings.width).to(settings.device, memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     n = len(images)
@@ -98,7 +98,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
             flip_v = torch.rand(batch, generator=generator) < 0.5
             x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
             x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
-        loss = F.cross_entropy(model(x.to(settings.device)), labels[index].to(settings.device))
+        loss = F.cross_entropy(model(_channels_last(x.to(settings.device))), labels[index].to(settings.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -172,7 +172,12 @@ def train_checked(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
 @torch.no_grad()
 def predict(model: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
     """Class probabilities ``(N, K)``."""
-    return torch.cat([model(part.to(device)).softmax(dim=1).cpu() for part in images.split(batch_size)]).double()
+    return torch.cat([model(_channels_last(part.to(device))).softmax(dim=1).cpu() for part in images.split(batch_size)]).double()
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
+    """Channels-last layout: about twice as fast for these small convolutions on a CPU (oneDNN), and the faster one on GPUs."""
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 # -- scores ------------------------------------------------------------------------
