@@ -21,8 +21,10 @@ from .statistics import RunValue, cell_interval
 def with_replicates(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_out: ImageSet, synthetic: ImageSet,
                     resamples: int, seed: int = 0) -> dict[str, dict[str, Any]]:
     """``{value name: entry}`` with ``replicates`` (half-sample values) and ``interval`` (95%) where the metric allows."""
-    replicates = half_sample_values(metrics, train, held_out, synthetic, resamples, seed)  # first: the full set's artifacts win
+    # The full set first: what a metric keeps per image (radiomic features, distance rows) then serves
+    # every half-sample, which writes no artifacts (half_sample_values), so the full set's stay.
     values = metric_values(metrics, train, held_out, synthetic)
+    replicates = half_sample_values(metrics, train, held_out, synthetic, resamples, seed)
     for name, entry in values.items():
         entry["replicates"] = replicates.get(name, [])
         interval = cell_interval([RunValue(float(entry["value"]), entry["replicates"])])

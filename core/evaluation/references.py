@@ -124,8 +124,8 @@ def measure_real(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_ou
     plain = [(name, m) for name, m in metrics if not m.uses_held_out]
     own = [(name, m) for name, m in metrics if m.uses_held_out]
     real_set = ImageSet(images=held_out.images, labels=held_out.labels, name=LABELS[REAL])
+    values = _values(plain, train, held_out, real_set)  # the full set first, as in with_replicates
     replicates = half_sample_values(plain, train, held_out, real_set, resamples, seed)
-    values = _values(plain, train, held_out, real_set)
     if own and len(held_out) >= 4:
         a, b = _held_out_halves(held_out, seed)
         # costly metrics (Metric.bootstrap False: they train a classifier per call) go one way only
@@ -142,8 +142,8 @@ def measure_real(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_ou
 def measure_trivial(metrics: Sequence[tuple[str, Metric]], train: ImageSet, held_out: ImageSet, synthetic: ImageSet,
                     resamples: int, seed: int) -> dict[str, dict[str, Any]]:
     """A trivial generator's row: ``synthetic`` measured like any synthetic set, with half-sample replicates."""
+    values = _values(metrics, train, held_out, synthetic)  # the full set first, as in with_replicates
     replicates = half_sample_values(metrics, train, held_out, synthetic, resamples, seed)
-    values = _values(metrics, train, held_out, synthetic)
     for name, numbers in replicates.items():
         if name in values:
             values[name]["replicates"] = numbers

@@ -13,6 +13,7 @@ descriptors (7 x 7 x 1), RGB images 7 x 7 x 3.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -89,17 +90,33 @@ def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     1/m, so the integral is exact as a sum over the merged steps; for n = m it is the
     mean gap of the sorted values (the reference code's formula, which needs equal
     counts and subsamples the larger set: here every value counts, and no random
-    subsample of the real set adds to a half-sample's spread).
+    subsample of the real set adds to a half-sample's spread). When one count divides
+    the other (a half-sample, or the held-out set, against the training set: both are
+    whole images times the neighbourhoods per image), each step of the smaller set
+    spans ``m / n`` steps of the larger, and the sum needs no merging.
     """
     n, m = a.shape[1], b.shape[1]
     if n == m:
         return np.abs(a - b).mean(axis=1, dtype=np.float64)
+    if m % n == 0:  # B's step l lies within A's step l // (m / n)
+        return np.abs(b.reshape(len(b), n, m // n) - a[:, :, None]).mean(axis=(1, 2), dtype=np.float64)
+    if n % m == 0:
+        return wasserstein_1d(b, a)
+    in_a, in_b, widths = _merged_steps(n, m)
+    return (np.abs(a[:, in_a] - b[:, in_b]) * widths).sum(axis=1, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=16)
+def _merged_steps(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the merged steps of two quantile functions with n and m steps: each one's index in either, and its width."""
     # step ends in units of 1 / (n m): k m for A's k-th step, l n for B's l-th
     ends = np.union1d(np.arange(1, n + 1, dtype=np.int64) * m, np.arange(1, m + 1, dtype=np.int64) * n)
     starts = np.concatenate([[0], ends[:-1]])
     widths = (ends - starts) / (n * m)
     in_a, in_b = (starts + ends) // (2 * m), (starts + ends) // (2 * n)  # the quantile index at each step's midpoint
-    return (np.abs(a[:, in_a] - b[:, in_b]) * widths).sum(axis=1, dtype=np.float64)
+    for array in (in_a, in_b, widths):
+        array.setflags(write=False)
+    return in_a, in_b, widths
 
 
 def random_directions(dim: int, repeats: int, directions: int, generator: torch.Generator) -> list[torch.Tensor]:
