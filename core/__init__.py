@@ -37,7 +37,7 @@ from .registry import get_registry, hookimpl, load_plugins
 
 # -- building blocks for metric plugins ---------------------------------------
 from .evaluation.embeddings import EmbeddingParams, check_embedding
-from .evaluation.features import DOMAIN, PIXELS, Embedding, Preprocessing, content_hash, features, resolve_device
+from .evaluation.features import DOMAIN, PIXELS, Embedding, PerImageCache, Preprocessing, content_hash, features, resolve_device
 from .evaluation.imagesets import check_compatible
 from .evaluation.similarity import kth_neighbour_distances, ms_ssim, normalized_correlation, pairs_of, pairwise_distances, ssim
 
@@ -63,6 +63,7 @@ __all__ = [
     "Metric",
     "MetricValue",
     "PenaltyInputs",
+    "PerImageCache",
     "PluginError",
     "PluginParams",
     "Preprocessing",

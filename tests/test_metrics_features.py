@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from helpers import embedded_data
-from raresynth import ConfigError, DataError, ImageSet
+from raresynth import ConfigError, DataError, ImageSet, PerImageCache
 from raresynth.config import load_config
 from raresynth.evaluation import domain_embedding as domain
 from raresynth.evaluation import features as feats
@@ -197,3 +197,49 @@ def test_load_image_folder_labels_from_class_subfolders_or_one_label(tmp_path):
     assert one.labels.tolist() == [1, 1]
     with pytest.raises(DataError, match="no images found"):
         load_image_folder(tmp_path, resolution=16, channels=1)
+
+
+# -- PerImageCache ---------------------------------------------------------------------------------
+
+
+def _offsets(images: torch.Tensor) -> list[float]:
+    return [float(image.flatten()[0]) for image in images]
+
+
+def test_per_image_rows_are_computed_once_per_image_and_tag():
+    calls = []
+
+    def compute(images):
+        calls.append(len(images))
+        return _offsets(images)
+
+    cache = PerImageCache(budget=100)
+    images = torch.arange(6.0).reshape(6, 1, 1, 1)
+    assert cache.rows(images, compute) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    repeated = images[torch.tensor([5, 5, 0, 1, 5])]  # copies drawn with replacement
+    assert cache.rows(repeated, compute) == [5.0, 5.0, 0.0, 1.0, 5.0]
+    assert calls == [6] and cache.computed == 6  # all from memory
+    new = torch.tensor([9.0, 9.0, 2.0]).reshape(3, 1, 1, 1)
+    assert cache.rows(new, compute) == [9.0, 9.0, 2.0] and calls == [6, 1]  # one new image, computed once
+    assert cache.rows(images[:2], lambda x: [-v for v in _offsets(x)], tag="other") == [-0.0, -1.0]  # another tag: computed
+
+
+def test_per_image_rows_stay_within_the_budget_least_recently_used_leaving_first():
+    cache = PerImageCache(budget=30, size=len)  # rows of 10 numbers: 3 fit
+    images = torch.arange(5.0).reshape(5, 1, 1, 1)
+
+    def compute(x):
+        return [[v] * 10 for v in _offsets(x)]
+
+    cache.rows(images[:3], compute)
+    cache.rows(images[:1], compute)  # image 0 used again: image 1 is now the least recent
+    cache.rows(images[3:4], compute)  # a fourth row: image 1 leaves
+    assert len(cache) == 3 and cache.computed == 4
+    cache.rows(images[torch.tensor([0, 2, 3])], compute)
+    assert cache.computed == 4  # kept
+    assert cache.rows(images[1:2], compute) == [[1.0] * 10] and cache.computed == 5  # evicted: computed again, right
+
+
+def test_per_image_rows_refuse_a_compute_that_loses_rows():
+    with pytest.raises(ValueError, match="compute returned 1 rows for 2 images"):
+        PerImageCache(budget=10).rows(torch.zeros(2, 1, 2, 2).add(torch.tensor([0.0, 1.0]).view(2, 1, 1, 1)), lambda x: [0.0])

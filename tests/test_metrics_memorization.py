@@ -294,18 +294,13 @@ def test_distances_are_computed_once_per_image_and_equal_a_fresh_audit(plugins, 
     assert {v.name: v.value for v in cached.compute(data.train, data.held_out, synthetic)} == full
 
 
-def test_the_distance_cache_stays_within_its_budget():
-    from raresynth.plugins.memorization.rows import DistanceRows
-
-    rows = DistanceRows(budget=50)
-    reference = torch.arange(10.0)
-
-    def compute(images):
-        return (images.flatten(1)[:, :1] - reference).abs(), None
-
-    images = torch.arange(12.0).reshape(12, 1, 1, 1)
-    distance, which = rows.rows(images, "r", compute)
-    assert which is None and torch.equal(distance, compute(images)[0])
-    assert rows._entries <= 50 and len(rows._rows) == 5  # the 5 most recent rows of 10 distances each
-    distance, _ = rows.rows(images[:3], "r", compute)  # evicted rows are computed again, correctly
-    assert torch.equal(distance, compute(images[:3])[0])
+def test_the_distance_rows_stay_within_their_budget(plugins, data, monkeypatch):
+    """The rows' budget counts distances: with room for fewer rows than a call holds, evicted rows are computed again."""
+    monkeypatch.setattr(plugins.metric("memorization"), "ROW_BUDGET", 10 * len(data.train))  # 10 rows of len(train) distances
+    m = audit(plugins, data)
+    synthetic = with_planted_copies(data)
+    full = {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)}
+    assert len(m._rows) <= 10
+    computed = m._rows.computed
+    assert {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)} == pytest.approx(full, nan_ok=True)
+    assert m._rows.computed > computed  # evicted: computed again

@@ -196,6 +196,26 @@ def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plug
     assert halves == pytest.approx(fresh.compute(real, data.held_out, half)[0].value, rel=1e-9)
 
 
+@pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")
+def test_frd_keeps_no_features_when_frd_score_leaves_an_image_out(plugins, gray, monkeypatch):
+    """frd-score drops an image whose extraction failed: its rows no longer match the images, so none is kept."""
+    import raresynth.plugins.weightfree.frd as module
+
+    calls = []
+
+    def losing_the_last(images, *args):
+        calls.append(len(images))
+        rows = np.arange(len(images) * 3, dtype=np.float64).reshape(len(images), 3) + float(images.images.mean())
+        return rows[:-1]
+
+    monkeypatch.setattr(module, "radiomic_features", losing_the_last)
+    frd = plugins.metric("frd")(plugins.metric("frd").Params(num_workers=1), gray.spec)
+    few = ImageSet(gray.train.images[:5])
+    assert frd.image_features(few).shape == (4, 3)  # as extracted, for the whole set
+    assert len(frd._features) == 0 and calls == [5, 5]
+    assert frd.image_features(few).shape == (4, 3) and calls == [5, 5, 5, 5]  # nothing kept: extracted again
+
+
 # -- against independent computations ------------------------------------------------
 # Each test below recomputes a metric from its paper's definition with numpy / scipy /
 # scikit-image, sharing nothing with the plugin but the random draws (positions and

@@ -51,9 +51,10 @@ import pickle
 import re
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +240,65 @@ class FeatureCache:
             raise ValueError(f"embedding {embedding.id} returned features of shape {tuple(features.shape)} for {images.shape[0]} images")
         self.put(key, features)
         return features
+
+
+class PerImageCache:
+    """Rows a metric computes image by image, kept in memory by each image's content.
+
+    Much of what a metric computes for one image does not depend on the rest of the set:
+    its radiomic features, its distances to the training set. The half-samples behind
+    every interval are subsets of a set already measured, copies of training images
+    repeat images already seen, and a benchmark measures the same training and held-out
+    images for every run and reference row. :meth:`rows` returns one row per image and
+    calls ``compute`` only for images it has not seen (with the same ``tag``), once each
+    even when a call holds duplicates (copies drawn with replacement).
+
+    At most ``budget`` units are kept, ``size(row)`` each (default 1: ``budget`` counts
+    images), least recently used rows leaving first. ``computed`` counts the rows
+    computed, for tests and benchmarks.
+    """
+
+    def __init__(self, budget: int, size: Callable[[Any], int] | None = None):
+        self.budget = budget
+        self.size = size or (lambda row: 1)
+        self.computed = 0
+        self._rows: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._units = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(self, images: torch.Tensor, compute: Callable[[torch.Tensor], Sequence[Any]], tag: str = "") -> list[Any]:
+        """One row per image of ``images``, in order; ``compute(new)`` gives the rows of the images not kept, in order.
+
+        ``tag`` names what a row depends on besides its image (the reference set, the
+        settings): rows with another tag are never returned. :class:`ValueError` when
+        ``compute`` returns a different number of rows than it was given images.
+        """
+        keys = [(tag, content_hash(image)) for image in images]
+        first: dict[tuple[str, str], int] = {}
+        for i, key in enumerate(keys):
+            if key not in self._rows and key not in first:
+                first[key] = i
+        found: dict[tuple[str, str], Any] = {}
+        if first:
+            new = list(compute(images[list(first.values())]))
+            if len(new) != len(first):
+                raise ValueError(f"PerImageCache: compute returned {len(new)} rows for {len(first)} images")
+            self.computed += len(first)
+            found = dict(zip(first, new))
+        for key in keys:
+            if key not in found:
+                found[key] = self._rows[key]
+                self._rows.move_to_end(key)
+        for key, row in found.items():
+            if key not in self._rows:
+                self._rows[key] = row
+                self._units += self.size(row)
+        while self._units > self.budget and self._rows:
+            _, row = self._rows.popitem(last=False)
+            self._units -= self.size(row)
+        return [found[key] for key in keys]
 
 
 _CACHES: dict[Path | None, FeatureCache] = {}

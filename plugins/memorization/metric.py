@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,7 @@ from raresynth import (
     ImageSet,
     Metric,
     MetricValue,
+    PerImageCache,
     Preprocessing,
     check_compatible,
     check_embedding,
@@ -29,7 +31,6 @@ from .audit import (
     write_json,
 )
 from .matching import FLIPS, Matching, flipped
-from .rows import DistanceRows
 
 
 class MemorizationParams(EmbeddingParams):
@@ -54,15 +55,16 @@ class Memorization(Metric):
     """
 
     Params = MemorizationParams
+    ROW_BUDGET = 20_000_000  # distances kept (with their transform indices): about 10 bytes each, 200 MB
     uses_held_out = True  # held-out-to-train distances calibrate the copy threshold and the Z test
 
     def __init__(self, params, spec):
         super().__init__(params, spec)
         if params.embedding is not None:
             check_embedding(params.embedding, params.weights_path, params.verify_weights, params.weights_sha256)
-        # Every image's distances to the training set, computed once per image (see .rows): the
-        # half-samples, the reference rows and a benchmark's runs share the held-out and training rows.
-        self._rows = DistanceRows()
+        # Every image's distances to the training set, computed once per image: the half-samples,
+        # the reference rows and a benchmark's runs share the held-out and training rows.
+        self._rows = PerImageCache(self.ROW_BUDGET, size=lambda row: row[0].numel())
 
     def audits(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[SpaceAudit]:
         """The audit in pixel space, then in the embedding (when one is set)."""
@@ -78,7 +80,7 @@ class Memorization(Metric):
                 return self._flip_distances(images, f_train, embedding), None
 
             synthetic_to_train, held_out_to_train, train_to_train = (
-                self._rows.rows(s.images, key, to_train)[0] for s in (synthetic, held_out, train))
+                _cached_rows(self._rows, s.images, key, to_train)[0] for s in (synthetic, held_out, train))
             vectors = None
             if p.meehan_cells > 1:  # cells in the embedding: the points themselves
                 vectors = (f_train, features(synthetic, embedding), features(held_out, embedding))
@@ -112,9 +114,9 @@ class Memorization(Metric):
         def to_train(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             return pixel_distances(images, train.images, p.pixel_similarity, matching=matching)
 
-        synthetic_distance, which = self._rows.rows(synthetic.images, key, to_train)
-        held_out_distance = self._rows.rows(held_out.images, key, to_train)[0]
-        train_distance = _without_self(self._rows.rows(train.images, key, to_train)[0])
+        synthetic_distance, which = _cached_rows(self._rows, synthetic.images, key, to_train)
+        held_out_distance = _cached_rows(self._rows, held_out.images, key, to_train)[0]
+        train_distance = _without_self(_cached_rows(self._rows, train.images, key, to_train)[0])
         return audit_space(
             "pixel", synthetic_distance, held_out_distance, train_distance, p.percentile,
             p.meehan_cells, vectors, p.seed, p.fpr_splits, which, matching.transforms() if which is not None else None)
@@ -164,6 +166,21 @@ class Memorization(Metric):
             if folder is not None:
                 save_pairs(audit, synthetic.images, train.images, Path(folder), self.params.grid_pairs)
         return values
+
+
+def _cached_rows(cache: PerImageCache, images: torch.Tensor, tag: str,
+                 compute: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``compute(images)`` (distances to the training set and transform indices, or None), row by row through ``cache``."""
+    if len(images) == 0:
+        return compute(images)
+
+    def per_image(new: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        distance, which = compute(new)  # rows cloned, so a kept row does not keep its whole batch alive
+        return [(distance[j].clone(), None if which is None else which[j].to(torch.int16).clone()) for j in range(len(new))]
+
+    rows = cache.rows(images, per_image, tag)
+    which = None if rows[0][1] is None else torch.stack([row[1] for row in rows]).to(torch.int64)
+    return torch.stack([row[0] for row in rows]), which
 
 
 def _without_self(train_to_train: torch.Tensor) -> torch.Tensor:

@@ -20,21 +20,21 @@ import io
 import logging
 import os
 import tempfile
-from collections import OrderedDict
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from raresynth import (
     ImageSet,
     Metric,
     MetricValue,
+    PerImageCache,
     PluginParams,
     Preprocessing,
     check_compatible,
-    content_hash,
 )
 
 
@@ -108,14 +108,17 @@ def frechet_radiomics_distance(real: np.ndarray, fake: np.ndarray, frd_version: 
     return float(distance)
 
 
+class _Unaligned(Exception):
+    """frd-score left an image out: its rows no longer match the images one to one."""
+
+
 class FRD(Metric):
     """``frd``: log of the Fréchet distance between radiomic feature distributions (lower is better).
 
-    Radiomic features are kept per image (by the content of its 8-bit gray version), so
-    each image is extracted once per metric object: the real set once for a whole
-    benchmark, a synthetic set once for its value and all its half-samples, and copies of
-    training images not at all. Up to ``CACHE_IMAGES`` images are kept, least recently
-    used leaving first.
+    Radiomic features are kept per image (:class:`raresynth.PerImageCache`), so each image is extracted once per metric
+    object: the real set once for a whole benchmark, a synthetic set once for its value
+    and all its half-samples, and copies of training images not at all. Up to
+    ``CACHE_IMAGES`` images are kept, least recently used leaving first.
     """
 
     Params = FRDParams
@@ -123,7 +126,7 @@ class FRD(Metric):
 
     def __init__(self, params, spec):
         super().__init__(params, spec)
-        self._features: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._features = PerImageCache(self.CACHE_IMAGES)
 
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         check_compatible(train, held_out=held_out, synthetic=synthetic)
@@ -140,25 +143,14 @@ class FRD(Metric):
         and none of them is kept.
         """
         p = self.params
-        gray = Preprocessing(channels=1).uint8(images.images)
-        keys = [f"{p.frd_version} {content_hash(image)}" for image in gray]
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            if key not in self._features and key not in first:
-                first[key] = i
-        found: dict[str, np.ndarray] = {}
-        if first:
-            new = ImageSet(images.images[list(first.values())])
-            rows = radiomic_features(new, p.frd_version, p.num_workers)
-            if len(rows) != len(first):
-                return radiomic_features(images, p.frd_version, p.num_workers)
-            found = dict(zip(first, rows))
-        for key in keys:
-            if key not in found:
-                found[key] = self._features[key]
-                self._features.move_to_end(key)
-        for key, row in found.items():
-            self._features[key] = row
-        while len(self._features) > self.CACHE_IMAGES:
-            self._features.popitem(last=False)
-        return np.stack([found[key] for key in keys])
+
+        def extract(new: torch.Tensor) -> np.ndarray:
+            rows = radiomic_features(ImageSet(new), p.frd_version, p.num_workers)
+            if len(rows) != len(new):
+                raise _Unaligned
+            return rows
+
+        try:
+            return np.stack(self._features.rows(images.images, extract, tag=p.frd_version))
+        except _Unaligned:
+            return radiomic_features(images, p.frd_version, p.num_workers)
