@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from scipy import ndimage
 
@@ -194,6 +195,21 @@ def test_frd_equals_frd_scores_own_computation_and_reuses_the_real_features(plug
     assert extracted == [16, 16]  # each image's features once: copies of the real images and half-samples come from memory
     fresh = plugins.metric("frd")(plugins.metric("frd").Params(frd_version=version, num_workers=1), data.spec)
     assert halves == pytest.approx(fresh.compute(real, data.held_out, half)[0].value, rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [500, 40, 8])  # more samples than dimensions, then fewer: singular covariances
+def test_frechet_distance_equals_the_matrix_square_root_formula(n):
+    """Dowson & Landau: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), with scipy's sqrtm as frd-score computes it."""
+    from raresynth.plugins.weightfree.frd import frechet_distance
+
+    generator = np.random.default_rng(n)
+    mixing = generator.normal(size=(60, 60))
+    a = generator.normal(size=(n, 60)) @ mixing
+    b = generator.normal(0.3, 1.5, size=(n, 60)) @ mixing + 0.2
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-6 * np.trace(s1))
 
 
 @pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")

@@ -2,7 +2,9 @@
 
 FRD compares the distributions of radiomic features (first-order statistics, texture
 matrices, on the original image and filtered versions) of two image sets with the
-Fréchet distance, then takes the log (FRD v1). It needs no neural weights, is
+Fréchet distance, then takes the log (FRD v1). Features come from frd-score (and
+pyradiomics) as the package extracts them; the distance is computed here
+(:func:`frechet_distance`, equal to frd-score's to about 1e-7). It needs no neural weights, is
 designed for medical images and is stable on small sets.
 
 ``frd-score`` reads image files, so both sets are written as 8-bit gray PNGs into a
@@ -86,7 +88,8 @@ def frechet_radiomics_distance(real: np.ndarray, fake: np.ndarray, frd_version: 
     set's mean and standard deviation (the paper's Eq. 3 reference normalization),
     features that become NaN or infinite in either set are dropped, and the result is
     log(d_F^2) (frd-score's convention). v0: min-max scaling on both sets together,
-    no log. d_F^2 is the Fréchet distance between Gaussians fitted to each set.
+    no log. d_F^2 is the Fréchet distance between Gaussians fitted to each set
+    (:func:`frechet_distance`).
     """
     from frd_score import frd as frd_module
 
@@ -101,11 +104,30 @@ def frechet_radiomics_distance(real: np.ndarray, fake: np.ndarray, frd_version: 
         both = np.concatenate([real, fake])
         low, high = frd_module.V0_DEFAULT_NORM_RANGE
         real_n, fake_n = (frd_module.min_max_normalize(x, low, high, base_distribution=both) for x in (real, fake))
-    distance = frd_module.calculate_frechet_distance(real_n.mean(axis=0), np.cov(real_n, rowvar=False),
-                                                     fake_n.mean(axis=0), np.cov(fake_n, rowvar=False))
+    distance = frechet_distance(real_n.mean(axis=0), np.cov(real_n, rowvar=False), fake_n.mean(axis=0), np.cov(fake_n, rowvar=False))
     if frd_version == "v1":  # identical statistics give log(0) = -inf, as frd-score returns
         return float(np.log(distance)) if distance > 0 else float("-inf")
     return float(distance)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """d^2 = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^(1/2)) between two Gaussians (Dowson & Landau 1982).
+
+    S1 S2 and S1^(1/2) S2 S1^(1/2) have the same eigenvalues, all real and >= 0 (S1 and
+    S2 are covariance matrices), so Tr((S1 S2)^(1/2)) is the sum of the square roots of
+    the eigenvalues of the symmetric S1^(1/2) S2 S1^(1/2): two symmetric
+    eigendecompositions instead of the matrix square root of the non-symmetric product
+    (``scipy.linalg.sqrtm``, as frd-score computes it), which with fewer images than
+    features is singular. The same value to about 1e-7 (tested), about 4x faster.
+    """
+    diff = np.atleast_1d(mu1) - np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    w, v = np.linalg.eigh(sigma1)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    product = root @ sigma2 @ root
+    eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+    trace_root = float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_root)
 
 
 class _Unaligned(Exception):
