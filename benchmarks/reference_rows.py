@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from raresynth import write_text_atomic
 from raresynth.bench.run import _config_with_metrics, prepare_benchmark
 from raresynth.data.dataset import load_dataset
 from raresynth.evaluation.evaluate import with_replicates
@@ -74,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     references = sum(row["references_s"] for row in rows)
     print(f"{'total':<14} {sum(row['run_s'] for row in rows):>12.1f} {references:>19.1f}   (script {total:.0f} s)")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"benchmark": args.benchmark, "overrides": args.overrides, "machine": machine, "rows": rows,
-                       "references_s": references}, handle, indent=1)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(args.json), json.dumps({"benchmark": args.benchmark, "overrides": args.overrides, "machine": machine,
+                                                       "rows": rows, "references_s": references}, indent=1) + "\n")
     return 0
 
 
