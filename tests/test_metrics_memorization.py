@@ -19,7 +19,7 @@ from raresynth.cli import main
 from raresynth.config import load_config
 from raresynth.data import load_dataset
 from raresynth.data.images import to_uint8
-from raresynth.plugins.memorization.audit import audit_space, copy_threshold, mann_whitney_z
+from raresynth.plugins.memorization.audit import audit_space, copy_threshold, mann_whitney_z, measured_fpr
 from raresynth.training import train
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
@@ -304,3 +304,20 @@ def test_the_distance_rows_stay_within_their_budget(plugins, data, monkeypatch):
     computed = m._rows.computed
     assert {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)} == pytest.approx(full, nan_ok=True)
     assert m._rows.computed > computed  # evicted: computed again
+
+
+@pytest.mark.parametrize("n, percentile", [(8, 5.0), (9, 5.0), (9, 50.0)])
+def test_measured_fpr_is_the_average_over_halvings_of_the_rate_on_the_other_half(n, percentile):
+    """Exact expectation by enumerating every halving (calibrate on one half, count the other below its threshold,
+    both ways) against the random halvings the audit draws."""
+    from itertools import combinations
+
+    distances = torch.arange(n, dtype=torch.float64)
+    rates = []
+    for first in combinations(range(n), n // 2):
+        rest = [i for i in range(n) if i not in first]
+        for calibration, check in ((distances[list(first)], distances[rest]), (distances[rest], distances[list(first)])):
+            threshold, _ = copy_threshold(calibration, percentile)
+            rates.append(float((check < threshold).double().mean()))
+    assert measured_fpr(distances, percentile, splits=3000, seed=0) == pytest.approx(np.mean(rates), abs=0.01)
+    assert math.isnan(measured_fpr(distances[:3], percentile, splits=10, seed=0))  # too few to halve
