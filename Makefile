@@ -32,7 +32,7 @@ test-fast: install
 # Mutation testing (cosmic-ray, configs in mutation/): small bugs planted one at a time in the metric, split,
 # checkpoint and regularizer modules, each run against its tests. Slow (hours for all): not part of `make test`.
 # `make mutation MODULES="regularizer split"` runs some; sessions and reports go to mutation/out/. See docs/testing.md.
-MODULES ?= regularizer checkpoint split metrics-weightfree metrics-fidelity metrics-memorization
+MODULES ?= regularizer checkpoint split metrics-swd metrics-prdc metrics-msssim metrics-fidelity metrics-memorization
 
 mutation: install
 	$(BIN)/python -m pip install --quiet "cosmic-ray>=8.7"
