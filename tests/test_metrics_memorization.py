@@ -19,7 +19,14 @@ from raresynth.cli import main
 from raresynth.config import load_config
 from raresynth.data import load_dataset
 from raresynth.data.images import to_uint8
-from raresynth.plugins.memorization.audit import audit_space, copy_threshold, mann_whitney_z, measured_fpr
+from raresynth.plugins.memorization.audit import (
+    audit_space,
+    copy_threshold,
+    mann_whitney_z,
+    measured_fpr,
+    meehan_ct,
+    pixel_distances,
+)
 from raresynth.training import train
 
 PLANTED = [0, 7, 19, 33, 50]  # training images copied into the synthetic set
@@ -251,6 +258,30 @@ def test_meehan_z_is_the_normalized_mann_whitney_u_counted_by_hand():
     m, n = len(synthetic), len(held_out)
     assert mann_whitney_z(synthetic, held_out) == pytest.approx((u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12), rel=1e-12)
     assert mann_whitney_z(synthetic, held_out) < 0  # closer than held-out data: the data-copying side
+    odd = synthetic[:36]  # m + n odd as well as even: the variance's m + n + 1
+    u, m = _hand_u(odd, held_out), len(odd)
+    assert mann_whitney_z(odd, held_out) == pytest.approx((u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12), rel=1e-12)
+
+
+def test_meehan_ct_weights_each_cells_z_by_its_held_out_share_and_skips_sparse_cells():
+    """C_T (Meehan et al. 2020, eq. 4) by hand: cells 0 and 1 hold enough images, cell 2 only 2 synthetic ones."""
+    rng = np.random.default_rng(4)
+    synthetic, held_out = rng.normal(0.9, 0.3, 22), rng.normal(1.0, 0.3, 30)
+    synthetic_cells = np.array([0] * 12 + [1] * 8 + [2] * 2)
+    held_out_cells = np.array([0] * 10 + [1] * 15 + [2] * 5)
+    z = [mann_whitney_z(synthetic[synthetic_cells == c], held_out[held_out_cells == c]) for c in (0, 1)]
+    shares = [10 / 30, 15 / 30]
+    expected = (shares[0] * z[0] + shares[1] * z[1]) / (shares[0] + shares[1])
+    assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=3) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ConfigError, match="meehan_cells: no cell holds 13 synthetic and 13 held-out images"):
+        meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=3, min_per_cell=13)
+
+
+def test_the_audits_defaults_are_the_documented_ones(plugins, data):
+    """docs/metrics.md states these defaults; Meehan's Z_U over all images unless cells are asked for."""
+    p = audit(plugins, data).params
+    assert (p.percentile, p.max_shift, p.crop, p.smoothing, p.match_resolution, p.fpr_splits, p.meehan_cells, p.grid_pairs) == (
+        5.0, 2, 2, 1.5, 32, 20, 1, 16)
 
 
 def _flat_images(offsets) -> ImageSet:
@@ -321,3 +352,15 @@ def test_measured_fpr_is_the_average_over_halvings_of_the_rate_on_the_other_half
             rates.append(float((check < threshold).double().mean()))
     assert measured_fpr(distances, percentile, splits=3000, seed=0) == pytest.approx(np.mean(rates), abs=0.01)
     assert math.isnan(measured_fpr(distances[:3], percentile, splits=10, seed=0))  # too few to halve
+
+
+@pytest.mark.parametrize("similarity, matched", [("ncc", True), ("ncc", False), ("ssim", False)])
+def test_pixel_distance_is_one_minus_the_similarity_zero_for_the_image_itself(plugins, data, similarity, matched):
+    from raresynth.plugins.memorization.matching import Matching
+
+    images = data.train.images[:4]
+    distance, _ = pixel_distances(images, images, similarity, matching=Matching() if matched else None)
+    assert torch.diagonal(distance).abs().max() < 1e-5  # similarity 1 with itself
+    assert (distance > 1e-3).sum() == 12 and distance.max() <= 2.0  # every other pair farther; at most 1 - (-1)
+    inverted = pixel_distances(images[:1], -images[:1], "ncc")[0]  # NCC of x and -x is -1
+    assert float(inverted) == pytest.approx(2.0, abs=1e-5)

@@ -48,6 +48,12 @@ def test_swd_of_a_set_with_itself_is_zero_and_grows_with_noise(plugins, data):
     assert all(a < b for a, b in zip(scores, scores[1:])), scores
 
 
+def test_swd_defaults_are_the_papers_settings(plugins, data):
+    """Karras et al. 2018, appendix D: levels down to 16 px, 7x7 neighbourhoods, 128 per image and level, 4 x 128 directions."""
+    p = metric(plugins, data, "swd").params
+    assert (p.min_resolution, p.neighbourhood, p.per_image, p.repeats, p.directions) == (16, 7, 128, 4, 128)
+
+
 def test_swd_is_deterministic_for_a_seed_and_compares_sets_of_different_sizes(plugins, data):
     synthetic = noisy(ImageSet(data.train.images[:20], data.train.labels[:20]), 0.1)
     first = values(metric(plugins, data, "swd", seed=5), data, synthetic)
