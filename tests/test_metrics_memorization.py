@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
@@ -282,6 +283,10 @@ def test_the_audits_defaults_are_the_documented_ones(plugins, data):
     p = audit(plugins, data).params
     assert (p.percentile, p.max_shift, p.crop, p.smoothing, p.match_resolution, p.fpr_splits, p.meehan_cells, p.grid_pairs) == (
         5.0, 2, 2, 1.5, 32, 20, 1, 16)
+    assert (audit(plugins, data, crop=0).params.crop, audit(plugins, data, fpr_splits=1).params.fpr_splits) == (0, 1)  # the smallest
+    for options in ({"crop": -1}, {"fpr_splits": 0}):
+        with pytest.raises(pydantic.ValidationError, match=f"{next(iter(options))}\n  Input should be greater than or equal"):
+            audit(plugins, data, **options)
 
 
 def _flat_images(offsets) -> ImageSet:

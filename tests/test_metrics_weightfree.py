@@ -52,6 +52,9 @@ def test_swd_defaults_are_the_papers_settings(plugins, data):
     """Karras et al. 2018, appendix D: levels down to 16 px, 7x7 neighbourhoods, 128 per image and level, 4 x 128 directions."""
     p = metric(plugins, data, "swd").params
     assert (p.min_resolution, p.neighbourhood, p.per_image, p.repeats, p.directions) == (16, 7, 128, 4, 128)
+    with pytest.raises(ConfigError, match=r"^neighbourhood: must be odd \(got 6\)$"):  # a centre pixel for each neighbourhood
+        metric(plugins, data, "swd", neighbourhood=6).compute(data.train, data.held_out, data.train)
+    assert "swd" in values(metric(plugins, data, "swd", neighbourhood=3, per_image=8), data, data.train)
 
 
 def test_swd_is_deterministic_for_a_seed_and_compares_sets_of_different_sizes(plugins, data):
