@@ -86,6 +86,21 @@ def test_submitit_jobs_give_the_local_executors_results(tmp_path, registry, job_
     assert not any("submitted" in m or "measuring" in m for m in again)
 
 
+def test_the_reference_rows_are_measured_while_the_jobs_train(tmp_path, registry, job_env, one_thread, monkeypatch):
+    """The harness would only wait for its jobs: it measures the reference rows meanwhile, once, with the same values."""
+    monkeypatch.setenv("RARESYNTH_CACHE_DIR", str(tmp_path / "cache-local"))
+    local = run(write_benchmark(tmp_path, "local", evaluation={"references": True, "resamples": 3}), registry)
+    monkeypatch.setenv("RARESYNTH_CACHE_DIR", str(tmp_path / "cache-jobs"))  # measured afresh, not read from the cache
+    messages = []
+    jobs = run(write_benchmark(tmp_path, "jobs", evaluation={"references": True, "resamples": 3}), registry, messages,
+               executor="slurm", executor_options_=JOB_OPTIONS)
+    rows = [i for i, m in enumerate(messages) if m.startswith("reference rows:")]
+    finished = [i for i, m in enumerate(messages) if "finished" in m]
+    assert len(rows) == 1 and len(finished) == 2 and rows[0] < finished[0]  # before the first job ended
+    assert jobs["references"] == local["references"] and set(jobs["references"]) == {"real", "copies", "noise"}
+    assert values_of(jobs) == values_of(local)
+
+
 def test_a_killed_harness_is_re_attached_to_its_running_jobs(tmp_path, registry, job_env):
     path = write_benchmark(tmp_path)
     out = tmp_path / "out"

@@ -244,8 +244,17 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
 
         errors: dict[tuple[str, int], str] = {}  # why this invocation's training or measuring failed
         to_train = [run for run in selected if run.state != "done"]
+        references: dict[str, Any] = {}
+
+        def references_while_jobs_train() -> None:  # the harness would only wait: measure the reference rows meanwhile
+            try:
+                references["rows"] = benchmark_references(benchmark, dataset, refs, metrics, compute=True, log=log)
+            except (RaresynthError, RuntimeError, ValueError) as exc:  # the jobs go on; tried again once they end
+                log(f"reference rows: {' '.join(str(exc).split())}; measuring them again after the jobs")
+
         if executor != "local" and to_train:  # one job per run, measured here as each one ends
-            errors = train_as_jobs(benchmark, to_train, executor, options, processes, log, where, measure_if_needed, confirm)
+            errors = train_as_jobs(benchmark, to_train, executor, options, processes, log, where, measure_if_needed, confirm,
+                                   while_waiting=references_while_jobs_train if metrics else None)
         for run in benchmark.runs:
             error = errors.get((run.variant.name, run.seed))
             if run in selected:
@@ -257,8 +266,9 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
             if error:
                 record.update(status="failed", error=error)
         grids = write_grids(benchmark, records, selected)
-        references = benchmark_references(benchmark, dataset, refs, metrics, compute=not report_only, log=log)
-        results = collect_results(benchmark, dataset, data_id, refs, records, grids, references)
+        if "rows" not in references:
+            references["rows"] = benchmark_references(benchmark, dataset, refs, metrics, compute=not report_only, log=log)
+        results = collect_results(benchmark, dataset, data_id, refs, records, grids, references["rows"])
         write_text_atomic(benchmark.out_dir / "results.json", json.dumps(results, indent=1, default=_json_default) + "\n")
         write_report(results, benchmark.out_dir)
     return results
@@ -310,8 +320,11 @@ def _ask(question: str) -> bool:
 
 
 def train_as_jobs(benchmark: Benchmark, runs: Sequence[PlannedRun], name: str, options: ExecutorOptions, processes: int,
-                  log, where, on_done, confirm=None) -> dict[tuple[str, int], str]:
+                  log, where, on_done, confirm=None, while_waiting=None) -> dict[tuple[str, int], str]:
     """Train ``runs`` as one job each on the ``name`` executor; measure each (``on_done``) as soon as its job ends.
+
+    ``while_waiting()``, when given, runs once after every job is submitted, before the
+    first wait: work of the harness's own (the reference rows) done while the jobs train.
 
     Re-attaches to a job an earlier harness submitted and that still runs (by its id in
     ``out_dir/jobs.json``), submits the others. A job that ends without the run reaching
@@ -358,6 +371,8 @@ def train_as_jobs(benchmark: Benchmark, runs: Sequence[PlannedRun], name: str, o
                 save()
                 log(f"{where(run)}: {'resubmitted' if old else 'submitted'} as {name} job {job.id} (log: {log_file})")
             active[key] = (run, job)
+        if while_waiting is not None and active:
+            while_waiting()
         while active:
             ended = wait_for(executor, [job for _, job in active.values()], options.poll_seconds)
             for key, (run, job) in list(active.items()):
