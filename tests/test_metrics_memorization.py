@@ -265,17 +265,18 @@ def test_meehan_z_is_the_normalized_mann_whitney_u_counted_by_hand():
 
 
 def test_meehan_ct_weights_each_cells_z_by_its_held_out_share_and_skips_sparse_cells():
-    """C_T (Meehan et al. 2020, eq. 4) by hand: cells 0 and 1 hold enough images, cell 2 only 2 synthetic ones."""
+    """C_T (Meehan et al. 2020, eq. 4) by hand: cells 0 and 1 hold enough images; cell 2 only 2 synthetic, cell 3 only 2
+    held-out ones."""
     rng = np.random.default_rng(4)
-    synthetic, held_out = rng.normal(0.9, 0.3, 22), rng.normal(1.0, 0.3, 30)
-    synthetic_cells = np.array([0] * 12 + [1] * 8 + [2] * 2)
-    held_out_cells = np.array([0] * 10 + [1] * 15 + [2] * 5)
+    synthetic, held_out = rng.normal(0.9, 0.3, 26), rng.normal(1.0, 0.3, 32)
+    synthetic_cells = np.array([0] * 12 + [1] * 8 + [2] * 2 + [3] * 4)
+    held_out_cells = np.array([0] * 10 + [1] * 15 + [2] * 5 + [3] * 2)
     z = [mann_whitney_z(synthetic[synthetic_cells == c], held_out[held_out_cells == c]) for c in (0, 1)]
-    shares = [10 / 30, 15 / 30]
+    shares = [10 / 32, 15 / 32]
     expected = (shares[0] * z[0] + shares[1] * z[1]) / (shares[0] + shares[1])
-    assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=3) == pytest.approx(expected, rel=1e-12)
+    assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ConfigError, match="meehan_cells: no cell holds 13 synthetic and 13 held-out images"):
-        meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=3, min_per_cell=13)
+        meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=13)
 
 
 def test_the_audits_defaults_are_the_documented_ones(plugins, data):
@@ -369,3 +370,13 @@ def test_pixel_distance_is_one_minus_the_similarity_zero_for_the_image_itself(pl
     assert (distance > 1e-3).sum() == 12 and distance.max() <= 2.0  # every other pair farther; at most 1 - (-1)
     inverted = pixel_distances(images[:1], -images[:1], "ncc")[0]  # NCC of x and -x is -1
     assert float(inverted) == pytest.approx(2.0, abs=1e-5)
+
+
+def test_meehan_cells_cluster_standardized_pixel_vectors(data):
+    """In pixel space, C_T's cells are k-means cells of each image centred and scaled to unit norm (what NCC compares)."""
+    from raresynth.plugins.memorization.metric import _standardized
+
+    vectors = _standardized(data.train.images[:6])
+    assert torch.allclose(vectors.mean(1), torch.zeros(6, dtype=vectors.dtype), atol=1e-12)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(6, dtype=vectors.dtype))
+    assert not torch.allclose(vectors.mean(0), torch.zeros(vectors.shape[1], dtype=vectors.dtype), atol=1e-3)  # per image, not per pixel

@@ -55,6 +55,10 @@ def test_swd_defaults_are_the_papers_settings(plugins, data):
     with pytest.raises(ConfigError, match=r"^neighbourhood: must be odd \(got 6\)$"):  # a centre pixel for each neighbourhood
         metric(plugins, data, "swd", neighbourhood=6).compute(data.train, data.held_out, data.train)
     assert "swd" in values(metric(plugins, data, "swd", neighbourhood=3, per_image=8), data, data.train)
+    with pytest.raises(ConfigError, match=r"^swd: a pyramid level of 16x16 pixels is smaller than the 17x17 neighbourhood$"):
+        metric(plugins, data, "swd", neighbourhood=17).compute(data.train, data.held_out, data.train)
+    declared = {v.name: v.ideal for v in metric(plugins, data, "swd", per_image=8).compute(data.train, data.held_out, data.train)}
+    assert declared == {"swd": "lower", "swd_32": "lower", "swd_16": "lower"}  # what the report ranks by
 
 
 def test_swd_is_deterministic_for_a_seed_and_compares_sets_of_different_sizes(plugins, data):
@@ -99,6 +103,7 @@ def test_laplacian_pyramid_reconstructs_the_image():
         rebuilt = band + pyr_up(rebuilt)
     assert torch.allclose(rebuilt, images)
     assert pyramid_resolutions(32, 16) == [32, 16] and pyramid_resolutions(8, 16) == [8]
+    assert pyramid_resolutions(128, 16) == [128, 64, 32, 16] and pyramid_resolutions(64, 8) == [64, 32, 16, 8]
 
 
 # -- MS-SSIM -----------------------------------------------------------------
