@@ -137,10 +137,11 @@ class _Unaligned(Exception):
 class FRD(Metric):
     """``frd``: log of the Fréchet distance between radiomic feature distributions (lower is better).
 
-    Radiomic features are kept per image (:class:`raresynth.PerImageCache`), so each image is extracted once per metric
-    object: the real set once for a whole benchmark, a synthetic set once for its value
-    and all its half-samples, and copies of training images not at all. Up to
-    ``CACHE_IMAGES`` images are kept, least recently used leaving first.
+    Radiomic features are kept per image (:class:`raresynth.PerImageCache`), so each
+    image is extracted once per metric object: the real set once for a whole benchmark,
+    a synthetic set once for its value and all its half-samples, and copies of training
+    images not at all. Up to ``CACHE_IMAGES`` images are kept, least recently used
+    leaving first.
     """
 
     Params = FRDParams
