@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from raresynth import write_text_atomic
-from raresynth.bench.run import _config_with_metrics, prepare_benchmark
+from raresynth.bench.run import prepare_benchmark
 from raresynth.data.dataset import load_dataset
 from raresynth.evaluation.evaluate import with_replicates
 from raresynth.evaluation.references import measure_references, noise_set
-from raresynth.training.loop import build_metrics, synthetic_labels
+from raresynth.training.loop import synthetic_labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     benchmark = prepare_benchmark(args.benchmark, args.overrides)
     config = benchmark.config
     dataset = load_dataset(benchmark.runs[0].config.data, benchmark.registry)
-    refs = benchmark.metric_refs(dataset.spec)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = build_metrics(_config_with_metrics(benchmark.runs[0].config, refs), dataset.spec, benchmark.registry, Path(tmp))
+        metrics = benchmark.build_metrics(dataset, Path(tmp))
         for _, metric in metrics:
             metric.output_dir = None
         n = config.synthetic_images or len(dataset.train)

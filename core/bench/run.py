@@ -20,7 +20,6 @@ import yaml
 
 from ..config import (
     PluginRef,
-    RunConfig,
     save_config,
     unknown_plugin_names,
     validate_params,
@@ -39,7 +38,7 @@ from ..evaluation.features import content_hash
 from ..evaluation.imagesets import sample_image_set
 from ..evaluation.references import informative, measure_references, reference_key
 from ..evaluation.statistics import ALPHA, TEST_METHOD
-from ..interfaces import DataSpec
+from ..interfaces import DataSpec, Metric
 from ..registry import Registry, get_registry
 from ..training import checkpoint as ckpt
 from ..training.loop import (
@@ -109,6 +108,14 @@ class Benchmark:
         """The metrics every run is measured with, options validated by each metric's ``Params``."""
         refs = default_metrics(spec.num_classes, self.registry) if self.config.metrics == "default" else self.config.metrics
         return [resolve_metric_ref(ref, self.config.metric_options, self.registry) for ref in refs]
+
+    def build_metrics(self, dataset: Dataset, out_dir: Path) -> list[tuple[str, Metric]]:
+        """One object per metric of :meth:`metric_refs`, for the whole benchmark (real-set features and embeddings computed once).
+
+        ``out_dir`` is where metrics that write files (the audit's closest-pair grids) put them.
+        """
+        config = self.runs[0].config.model_copy(update={"metrics": self.metric_refs(dataset.spec)})
+        return build_metrics(config, dataset.spec, self.registry, out_dir)
 
 
 def resolve_metric_ref(ref: PluginRef, metric_options: Mapping[str, Mapping[str, Any]], registry: Registry) -> PluginRef:
@@ -216,8 +223,7 @@ def run_benchmark(benchmark: Benchmark, only: Sequence[str] = (), report_only: b
         refs = benchmark.metric_refs(dataset.spec)
         # Built before any training, so that a missing weights file fails now; one object per
         # metric for the whole benchmark, so real-set features and embeddings are computed once.
-        metrics = [] if report_only else build_metrics(_config_with_metrics(benchmark.runs[0].config, refs), dataset.spec,
-                                                         benchmark.registry, benchmark.out_dir)
+        metrics = [] if report_only else benchmark.build_metrics(dataset, benchmark.out_dir)
         selected = [] if report_only else [run for run in benchmark.runs if not only or _named(run, only)]
         records: dict[tuple[str, int], dict[str, Any]] = {}
 
@@ -444,10 +450,6 @@ def train_in_processes(run: PlannedRun, processes: int, progress_bar: bool) -> N
     if code:
         reason = errors[0] if errors else next((line for line in reversed(tail) if "Error" in line), f"exit code {code}")
         raise TrainingError(f"training on {processes} processes failed: {reason}")
-
-
-def _config_with_metrics(config: RunConfig, refs: Sequence[PluginRef]) -> RunConfig:
-    return config.model_copy(update={"metrics": list(refs)})
 
 
 def dataset_id(dataset: Dataset) -> str:
