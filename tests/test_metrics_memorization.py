@@ -343,7 +343,7 @@ def test_the_distance_rows_stay_within_their_budget(plugins, data, monkeypatch):
     assert m._rows.computed > computed  # evicted: computed again
 
 
-@pytest.mark.parametrize("n, percentile", [(8, 5.0), (9, 5.0), (9, 50.0)])
+@pytest.mark.parametrize("n, percentile", [(4, 50.0), (8, 5.0), (9, 5.0), (9, 50.0)])
 def test_measured_fpr_is_the_average_over_halvings_of_the_rate_on_the_other_half(n, percentile):
     """Exact expectation by enumerating every halving (calibrate on one half, count the other below its threshold,
     both ways) against the random halvings the audit draws."""
@@ -380,3 +380,22 @@ def test_meehan_cells_cluster_standardized_pixel_vectors(data):
     assert torch.allclose(vectors.mean(1), torch.zeros(6, dtype=vectors.dtype), atol=1e-12)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(6, dtype=vectors.dtype))
     assert not torch.allclose(vectors.mean(0), torch.zeros(vectors.shape[1], dtype=vectors.dtype), atol=1e-3)  # per image, not per pixel
+
+
+def test_cached_distance_rows_of_an_empty_set_are_an_empty_matrix():
+    """A set with no image gets a (0, training images) distance matrix, computed directly, nothing kept."""
+    from raresynth import PerImageCache
+    from raresynth.plugins.memorization.metric import _cached_rows
+
+    train = torch.rand(5, 3, 8, 8)
+    calls = []
+
+    def to_train(images):
+        calls.append(len(images))
+        return torch.cdist(images.flatten(1), train.flatten(1)), None
+
+    cache = PerImageCache(10)
+    distance, which = _cached_rows(cache, torch.empty(0, 3, 8, 8), "pixel", to_train)
+    assert distance.shape == (0, 5) and which is None and calls == [0] and len(cache) == 0
+    distance, _ = _cached_rows(cache, train[:2], "pixel", to_train)
+    assert distance.shape == (2, 5) and torch.diagonal(distance[:, :2]).abs().max() < 1e-6 and len(cache) == 2
