@@ -82,6 +82,31 @@ def test_swd_reuses_the_real_projections_and_gives_a_fresh_metrics_values(plugin
     assert cached == [values(metric(plugins, data, "swd"), data, s) for s in sets]
 
 
+def test_swd_measured_against_another_training_set_is_not_served_from_the_cache(plugins, data):
+    """The real projections are kept for the next call only when the reference images are the same (either order)."""
+    other = ImageSet(noisy(data.train, 0.3).images, data.train.labels)
+    synthetic = noisy(data.train, 0.1)
+    fresh = {}
+    for train in (data.train, other):
+        fresh[id(train)] = values(metric(plugins, data, "swd", per_image=16), SimpleNamespace(train=train, held_out=data.held_out), synthetic)
+    assert fresh[id(data.train)] != fresh[id(other)]
+    for first, second in ((data.train, other), (other, data.train)):
+        swd = metric(plugins, data, "swd", per_image=16)
+        swd.compute(first, data.held_out, synthetic)
+        assert values(swd, SimpleNamespace(train=second, held_out=data.held_out), synthetic) == fresh[id(second)]
+
+
+def test_a_neighbourhood_as_large_as_the_level_is_the_whole_image():
+    from raresynth.plugins.weightfree.swd import descriptors
+
+    level = torch.rand(2, 3, 7, 7)
+    desc = descriptors(level, 4, 7, torch.Generator().manual_seed(0))
+    assert desc.shape == (8, 3 * 7 * 7)
+    whole = level.double()
+    whole = (whole - whole.mean(dim=(0, 2, 3), keepdim=True)) / whole.std(dim=(0, 2, 3), keepdim=True, unbiased=False)
+    assert torch.allclose(desc, whole.repeat_interleave(4, dim=0).reshape(8, -1).float(), atol=1e-6)
+
+
 def test_wasserstein_of_samples_of_different_sizes_equals_scipys():
     """W1 between empirical distributions of n and m values, exact for any n and m (not a subsample of the larger)."""
     from scipy.stats import wasserstein_distance
