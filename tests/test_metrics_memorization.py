@@ -399,3 +399,34 @@ def test_cached_distance_rows_of_an_empty_set_are_an_empty_matrix():
     assert distance.shape == (0, 5) and which is None and calls == [0] and len(cache) == 0
     distance, _ = _cached_rows(cache, train[:2], "pixel", to_train)
     assert distance.shape == (2, 5) and torch.diagonal(distance[:, :2]).abs().max() < 1e-6 and len(cache) == 2
+
+
+def test_the_fewest_images_the_audit_accepts():
+    """2 training and 2 held-out images are enough (the threshold is the smaller held-out distance); 1 of either is refused."""
+    two_train = torch.tensor([[INF, 1.0], [1.0, INF]], dtype=torch.float64)
+    space = audit_space("hand", torch.tensor([[0.1, 5.0]], dtype=torch.float64), torch.tensor([[2.0, 9.0], [9.0, 3.0]], dtype=torch.float64),
+                        two_train, percentile=5.0)
+    assert space.threshold == 2.0 and space.copies.tolist() == [True]
+    with pytest.raises(ConfigError, match="^memorization: needs at least 2 held-out images to calibrate the copy threshold$"):
+        audit_space("hand", torch.ones(1, 2), torch.ones(1, 2), two_train, percentile=5.0)
+    with pytest.raises(ConfigError, match="^memorization: needs at least 2 training images$"):
+        audit_space("hand", torch.ones(1, 1), torch.ones(2, 1), torch.full((1, 1), INF), percentile=5.0)
+
+
+def test_meehan_cells_one_may_be_given_explicitly_and_zero_is_refused(plugins, data):
+    assert audit(plugins, data, meehan_cells=1).params.meehan_cells == 1
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
+        audit(plugins, data, meehan_cells=0)
+
+
+def test_a_folder_audit_of_more_than_256_images(plugins, data, tmp_path):
+    """One name per image, compared by value (a folder of 300 files is not refused for want of names)."""
+    m = audit(plugins, data, embedding=None, flips=False, max_shift=0, crop=0, match_resolution=None, grid_pairs=2)
+    many = ImageSet(torch.cat([data.held_out.images.repeat(7, 1, 1, 1), data.train.images[PLANTED]]),
+                    torch.cat([data.held_out.labels.repeat(7), data.train.labels[PLANTED]]))  # 280 honest, 5 copies at the end
+    names = [f"{i:03d}.png" for i in range(len(many))]
+    summary = m.audit_folder(data.train, data.held_out, many, names, tmp_path)
+    assert summary["synthetic"] == 285 and [space["space"] for space in summary["spaces"]] == ["pixel"]
+    assert {"280.png", "284.png"} <= {pair["file"] for pair in summary["spaces"][0]["flagged"]}
+    with pytest.raises(ValueError, match="one name per synthetic image"):
+        m.audit_folder(data.train, data.held_out, many, names[:-1], tmp_path)
