@@ -152,6 +152,29 @@ def test_ms_ssim_diversity_against_the_real_pairs_baseline(plugins, data):
     assert collapsed["ms_ssim_gap"] > 0.3
 
 
+def test_ms_ssim_keeps_the_real_mean_only_for_the_same_real_set(plugins, data, monkeypatch):
+    import raresynth.plugins.weightfree.msssim as module
+
+    calls = []
+    original = module.mean_pair_ms_ssim
+    monkeypatch.setattr(module, "mean_pair_ms_ssim", lambda images, *args: calls.append(len(images)) or original(images, *args))
+    other = noisy(data.train, 0.3)
+    sets = [noisy(data.train, 0.2), ImageSet(data.train.images[:20], data.train.labels[:20])]
+    fresh = {id(train): [values(metric(plugins, data, "ms_ssim"), SimpleNamespace(train=train, held_out=data.held_out), s) for s in sets]
+             for train in (data.train, other)}
+    calls.clear()
+    m = metric(plugins, data, "ms_ssim")
+    assert [values(m, data, s) for s in sets] == fresh[id(data.train)]
+    assert calls == [64, 64, 20]  # the real set's pairs once, each synthetic set's every call
+    for first, second in ((data.train, other), (other, data.train)):  # another real set: measured again, either order
+        m = metric(plugins, data, "ms_ssim")
+        values(m, SimpleNamespace(train=first, held_out=data.held_out), sets[0])
+        assert values(m, SimpleNamespace(train=second, held_out=data.held_out), sets[0]) == fresh[id(second)][0]
+    m = metric(plugins, data, "ms_ssim")
+    m.params = m.Params.model_validate({"max_pairs": 100})  # other settings, the same object: measured again
+    assert values(m, data, sets[0])["ms_ssim_real"] != fresh[id(data.train)][0]["ms_ssim_real"]
+
+
 # -- PRDC --------------------------------------------------------------------
 
 

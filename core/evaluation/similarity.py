@@ -33,25 +33,39 @@ def kth_neighbour_distances(x: torch.Tensor, k: int) -> torch.Tensor:
     return pairwise_distances(x, x).kthvalue(k + 1, dim=1).values  # the 1st "neighbour" is the point itself
 
 
-def _gaussian_window(size: int, sigma: float, channels: int, dtype: torch.dtype) -> torch.Tensor:
+def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    """The normalized 1-D Gaussian of ``size`` taps: the 2-D window is its outer product with itself."""
     coords = torch.arange(size, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
 
 
-def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image luminance*contrast*structure (SSIM) and contrast*structure (CS) means, data range 1."""
+def _blur_matrix(side: int, kernel: torch.Tensor) -> torch.Tensor:
+    """``(side, side - k + 1)``: right-multiplying rows of ``side`` pixels by it is their valid-region 1-D Gaussian blur."""
+    out = side - len(kernel) + 1
+    matrix = torch.zeros(side, out, dtype=kernel.dtype, device=kernel.device)
+    for i in range(out):
+        matrix[i : i + len(kernel), i] = kernel
+    return matrix
+
+
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor, kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image luminance*contrast*structure (SSIM) and contrast*structure (CS) means, data range 1.
+
+    The five local moments (means, variances, covariance) come from one blur of the five
+    maps stacked together. The Gaussian window is separable, so the blur is a 1-D
+    Gaussian along the rows then along the columns, each as a matrix product with a
+    banded matrix (:func:`_blur_matrix`): the same valid-region result as a 2-D
+    convolution with the window, and several times faster on a CPU than a grouped one.
+    """
     c1, c2 = 0.01**2, 0.03**2
-    channels = x.shape[1]
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, window, groups=channels)
-
-    mu_x, mu_y = blur(x), blur(y)
-    sigma_xx = blur(x * x) - mu_x**2
-    sigma_yy = blur(y * y) - mu_y**2
-    sigma_xy = blur(x * y) - mu_x * mu_y
+    maps = torch.stack([x, y, x * x, y * y, x * y])  # (5, N, C, H, W)
+    maps = maps @ _blur_matrix(x.shape[-1], kernel)  # along the rows
+    maps = _blur_matrix(x.shape[-2], kernel).T @ maps  # along the columns
+    mu_x, mu_y, xx, yy, xy = maps
+    sigma_xx = xx - mu_x**2
+    sigma_yy = yy - mu_y**2
+    sigma_xy = xy - mu_x * mu_y
     cs = (2 * sigma_xy + c2) / (sigma_xx + sigma_yy + c2)
     ssim = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
     return ssim.flatten(1).mean(1), cs.flatten(1).mean(1)
@@ -69,7 +83,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     """
     x, y = (x.float() + 1) / 2, (y.float() + 1) / 2
     size = _window_size(min(x.shape[-2:]), window)
-    return _ssim_terms(x, y, _gaussian_window(size, sigma, x.shape[1], x.dtype).to(x.device))[0]
+    return _ssim_terms(x, y, _gaussian_kernel(size, sigma, x.dtype).to(x.device))[0]
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -96,10 +110,10 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1
     scales = ms_ssim_scales(side, size)
     weights = torch.tensor(MS_SSIM_WEIGHTS[:scales], dtype=x.dtype)
     weights = (weights / weights.sum()).to(x.device)
-    win = _gaussian_window(size, sigma, x.shape[1], x.dtype).to(x.device)
+    kernel = _gaussian_kernel(size, sigma, x.dtype).to(x.device)
     factors = []
     for scale in range(scales):
-        s, cs = _ssim_terms(x, y, win)
+        s, cs = _ssim_terms(x, y, kernel)
         factors.append((s if scale == scales - 1 else cs).clamp(min=0))
         if scale < scales - 1:
             x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
