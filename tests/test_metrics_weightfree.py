@@ -6,6 +6,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pydantic
 import pytest
 import scipy.linalg
 import torch
@@ -201,6 +202,47 @@ def test_prdc_matches_the_definition_on_points():
     assert values["recall"] == pytest.approx(4 / 5)  # fake radii 2.8, 2.8, 1, 1, 1: only real 10 is in no fake ball
     with pytest.raises(ConfigError, match="nearest_k=5 needs more than 5"):
         prdc(real, fake, k=5)
+
+
+def test_prdc_on_sets_of_different_sizes():
+    """Density averages over the synthetic samples: with 5 real and 3 synthetic points it is not the per-real average."""
+    real = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])  # k=1 radii 1, 1, 1, 1, 7
+    fake = torch.tensor([[0.1], [2.9], [20.0]])  # k=1 radii 2.8, 2.8, 17.1
+    values = prdc(real, fake, k=1)
+    assert values["precision"] == pytest.approx(2 / 3)
+    assert values["density"] == pytest.approx((2 + 2 + 0) / 3)  # real balls per synthetic point (per real point: 4 / 5)
+    assert values["coverage"] == pytest.approx(4 / 5)
+    assert values["recall"] == 1.0  # real 10 lies 10 from synthetic 20, inside its 17.1
+
+
+def test_prdc_balls_are_open_as_in_the_reference_code():
+    """A point exactly at a ball's radius is outside it, for the real balls and the synthetic ones (k=1, exact distances)."""
+    real, fake = torch.tensor([[0.0], [4.0]]), torch.tensor([[8.0], [12.0]])  # every radius 4; real 4 and fake 8 are 4 apart
+    assert prdc(real, fake, k=1) == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    assert prdc(real, torch.tensor([[7.5], [12.0]]), k=1) == {"precision": 0.5, "recall": 0.5, "density": 0.5, "coverage": 0.5}
+
+
+def test_prdc_needs_more_samples_than_k_in_each_set(plugins, data):
+    sets = {n: torch.arange(n, dtype=torch.float64)[:, None] for n in (1, 2, 3)}
+    for n_real, n_fake in ((1, 3), (2, 3), (3, 1), (3, 2)):
+        with pytest.raises(ConfigError, match=rf"^prdc: nearest_k=2 needs more than 2 real and synthetic samples \(got {n_real} and {n_fake}\)$"):
+            prdc(sets[n_real], sets[n_fake], k=2)
+    assert set(prdc(sets[3], sets[3], k=2)) == {"precision", "recall", "density", "coverage"}
+    with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
+        metric(plugins, data, "prdc", nearest_k=0)
+
+
+def test_prdc_values_carry_no_suffix_only_in_the_papers_vgg16_features(plugins, data, monkeypatch):
+    """Naeem et al.'s VGG16 features at their default layer give plain names; another layer, or another embedding, a suffix."""
+    import raresynth.plugins.weightfree.prdc as module
+
+    pixels = metric(plugins, data, "prdc", embedding="pixels").params.build_embedding(data.train)
+    monkeypatch.setattr(module, "check_embedding", lambda *args: None)  # no VGG16 weights here: the pixels stand in
+    monkeypatch.setattr(module.PRDCParams, "build_embedding", lambda self, train, metric: pixels)
+    vgg16 = "".join(["vgg", "16"])  # as read from a config file: equal to the constant, not the same object
+    assert set(values(metric(plugins, data, "prdc", embedding=vgg16), data, data.train)) == {"precision", "recall", "density", "coverage"}
+    in_layer = values(metric(plugins, data, "prdc", embedding=vgg16, feature_layer="fc1"), data, data.train)
+    assert set(in_layer) == {f"{name}_{pixels.tag}" for name in ("precision", "recall", "density", "coverage")}
 
 
 # -- FRD ---------------------------------------------------------------------
