@@ -204,6 +204,14 @@ def test_prdc_matches_the_definition_on_points():
         prdc(real, fake, k=5)
 
 
+def test_prdc_against_the_held_out_set(plugins, data):
+    """``reference: held_out`` compares with the held-out images: the held-out set itself then scores 1 on all four."""
+    against_held_out = values(metric(plugins, data, "prdc", embedding="pixels", reference="held_out"), data, data.held_out)
+    assert set(against_held_out.values()) == {1.0}
+    against_train = values(metric(plugins, data, "prdc", embedding="pixels"), data, data.held_out)
+    assert against_train["precision_pixels"] < 1.0 and against_train["coverage_pixels"] < 1.0
+
+
 def test_prdc_on_sets_of_different_sizes():
     """Density averages over the synthetic samples: with 5 real and 3 synthetic points it is not the per-real average."""
     real = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0]])  # k=1 radii 1, 1, 1, 1, 7
