@@ -108,6 +108,14 @@ def test_a_neighbourhood_as_large_as_the_level_is_the_whole_image():
     assert torch.allclose(desc, whole.repeat_interleave(4, dim=0).reshape(8, -1).float(), atol=1e-6)
 
 
+def test_swd_of_a_flat_synthetic_set_is_finite_and_far(plugins, data):
+    """A collapsed generator's flat images: every Laplacian detail level is 0 (std 0), normalized without dividing by 0."""
+    flat = ImageSet(torch.full_like(data.train.images, 0.25), data.train.labels)
+    result = values(metric(plugins, data, "swd", per_image=16), data, flat)
+    assert all(math.isfinite(v) for v in result.values()), result
+    assert result["swd"] > values(metric(plugins, data, "swd", per_image=16), data, noisy(data.train, 0.1))["swd"]
+
+
 def test_wasserstein_of_samples_of_different_sizes_equals_scipys():
     """W1 between empirical distributions of n and m values, exact for any n and m (not a subsample of the larger)."""
     from scipy.stats import wasserstein_distance
@@ -130,6 +138,7 @@ def test_laplacian_pyramid_reconstructs_the_image():
     assert torch.allclose(rebuilt, images)
     assert pyramid_resolutions(32, 16) == [32, 16] and pyramid_resolutions(8, 16) == [8]
     assert pyramid_resolutions(128, 16) == [128, 64, 32, 16] and pyramid_resolutions(64, 8) == [64, 32, 16, 8]
+    assert pyramid_resolutions(16, 10) == [16] and pyramid_resolutions(64, 24) == [64, 32]  # never a level below the coarsest
 
 
 # -- MS-SSIM -----------------------------------------------------------------
