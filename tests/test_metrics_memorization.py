@@ -284,8 +284,9 @@ def test_the_audits_defaults_are_the_documented_ones(plugins, data):
     p = audit(plugins, data).params
     assert (p.percentile, p.max_shift, p.crop, p.smoothing, p.match_resolution, p.fpr_splits, p.meehan_cells, p.grid_pairs) == (
         5.0, 2, 2, 1.5, 32, 20, 1, 16)
-    assert (audit(plugins, data, crop=0).params.crop, audit(plugins, data, fpr_splits=1).params.fpr_splits) == (0, 1)  # the smallest
-    for options in ({"crop": -1}, {"fpr_splits": 0}):
+    smallest = {"crop": 0, "fpr_splits": 1, "max_shift": 0, "match_resolution": 8, "smoothing": 0.0, "meehan_cells": 1, "grid_pairs": 1}
+    assert {name: getattr(audit(plugins, data, **{name: value}).params, name) for name, value in smallest.items()} == smallest
+    for options in ({"crop": -1}, {"fpr_splits": 0}, {"max_shift": -1}, {"match_resolution": 7}, {"smoothing": -0.5}, {"grid_pairs": 0}):
         with pytest.raises(pydantic.ValidationError, match=f"{next(iter(options))}\n  Input should be greater than or equal"):
             audit(plugins, data, **options)
 
@@ -428,5 +429,6 @@ def test_a_folder_audit_of_more_than_256_images(plugins, data, tmp_path):
     summary = m.audit_folder(data.train, data.held_out, many, names, tmp_path)
     assert summary["synthetic"] == 285 and [space["space"] for space in summary["spaces"]] == ["pixel"]
     assert {"280.png", "284.png"} <= {pair["file"] for pair in summary["spaces"][0]["flagged"]}
-    with pytest.raises(ValueError, match="one name per synthetic image"):
-        m.audit_folder(data.train, data.held_out, many, names[:-1], tmp_path)
+    for wrong in (names[:-1], [*names, "extra.png"]):
+        with pytest.raises(ValueError, match="one name per synthetic image"):
+            m.audit_folder(data.train, data.held_out, many, wrong, tmp_path)
