@@ -247,6 +247,7 @@ def test_prdc_needs_more_samples_than_k_in_each_set(plugins, data):
     assert set(prdc(sets[3], sets[3], k=2)) == {"precision", "recall", "density", "coverage"}
     with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
         metric(plugins, data, "prdc", nearest_k=0)
+    assert metric(plugins, data, "prdc").params.nearest_k == 5  # Naeem et al.'s k
 
 
 def test_prdc_values_carry_no_suffix_only_in_the_papers_vgg16_features(plugins, data, monkeypatch):
