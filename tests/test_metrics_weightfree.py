@@ -248,6 +248,8 @@ def test_prdc_needs_more_samples_than_k_in_each_set(plugins, data):
     with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
         metric(plugins, data, "prdc", nearest_k=0)
     assert metric(plugins, data, "prdc").params.nearest_k == 5  # Naeem et al.'s k
+    real, fake = torch.randn(40, 3, generator=torch.Generator().manual_seed(0)), torch.randn(30, 3, generator=torch.Generator().manual_seed(1))
+    assert prdc(real, fake) == prdc(real, fake, k=5) != prdc(real, fake, k=4)  # the function's default too
 
 
 def test_prdc_values_carry_no_suffix_only_in_the_papers_vgg16_features(plugins, data, monkeypatch):
