@@ -370,6 +370,9 @@ def test_pixel_distance_is_one_minus_the_similarity_zero_for_the_image_itself(pl
     assert torch.diagonal(distance).abs().max() < 1e-5  # similarity 1 with itself
     assert (distance > 1e-3).sum() == 12 and distance.max() <= 2.0  # every other pair farther; at most 1 - (-1)
     inverted = pixel_distances(images[:1], -images[:1], "ncc")[0]  # NCC of x and -x is -1
+    if similarity == "ssim":  # SSIM takes no transforms: a Matching given along changes nothing
+        with_matching, which = pixel_distances(images, images.flip(-1), "ssim", matching=Matching())
+        assert which is None and torch.equal(with_matching, pixel_distances(images, images.flip(-1), "ssim")[0])
     assert float(inverted) == pytest.approx(2.0, abs=1e-5)
 
 
@@ -426,7 +429,8 @@ def test_a_folder_audit_of_more_than_256_images(plugins, data, tmp_path):
     many = ImageSet(torch.cat([data.held_out.images.repeat(7, 1, 1, 1), data.train.images[PLANTED]]),
                     torch.cat([data.held_out.labels.repeat(7), data.train.labels[PLANTED]]))  # 280 honest, 5 copies at the end
     names = [f"{i:03d}.png" for i in range(len(many))]
-    summary = m.audit_folder(data.train, data.held_out, many, names, tmp_path)
+    summary = m.audit_folder(data.train, data.held_out, many, names, tmp_path / "new" / "audit")  # folders made as needed
+    assert (tmp_path / "new" / "audit" / "audit.json").is_file()
     assert summary["synthetic"] == 285 and [space["space"] for space in summary["spaces"]] == ["pixel"]
     assert {"280.png", "284.png"} <= {pair["file"] for pair in summary["spaces"][0]["flagged"]}
     for wrong in (names[:-1], [*names, "extra.png"]):

@@ -126,6 +126,9 @@ def test_wasserstein_of_samples_of_different_sizes_equals_scipys():
         expected = [wasserstein_distance(x, y) for x, y in zip(a, b)]
         assert wasserstein_1d(a, b) == pytest.approx(expected, rel=1e-12)
         assert wasserstein_1d(b, a) == pytest.approx(expected, rel=1e-12)
+    from raresynth.plugins.weightfree.swd import _merged_steps
+
+    assert not any(array.flags.writeable for array in _merged_steps(7, 5))  # cached: shared by every later call
 
 
 def test_laplacian_pyramid_reconstructs_the_image():
