@@ -384,6 +384,10 @@ def test_meehan_cells_cluster_standardized_pixel_vectors(data):
     assert torch.allclose(vectors.mean(1), torch.zeros(6, dtype=vectors.dtype), atol=1e-12)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(6, dtype=vectors.dtype))
     assert not torch.allclose(vectors.mean(0), torch.zeros(vectors.shape[1], dtype=vectors.dtype), atol=1e-3)  # per image, not per pixel
+    faint = torch.zeros(2, 3, 32, 32)
+    faint[0, :, :, :16] = 0.02  # two 8-bit steps of contrast on half the image: a centred norm below 1
+    unit, flat = _standardized(faint)
+    assert float(unit.norm()) == pytest.approx(1.0) and torch.equal(flat, torch.zeros_like(flat))  # a flat image: zeros, not NaN
 
 
 def test_cached_distance_rows_of_an_empty_set_are_an_empty_matrix():

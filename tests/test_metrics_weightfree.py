@@ -58,6 +58,11 @@ def test_swd_defaults_are_the_papers_settings(plugins, data):
     assert "swd" in values(metric(plugins, data, "swd", neighbourhood=3, per_image=8), data, data.train)
     with pytest.raises(ConfigError, match=r"^swd: a pyramid level of 16x16 pixels is smaller than the 17x17 neighbourhood$"):
         metric(plugins, data, "swd", neighbourhood=17).compute(data.train, data.held_out, data.train)
+    smallest = {"min_resolution": 8, "neighbourhood": 3, "per_image": 1, "repeats": 1, "directions": 1}
+    assert {name: getattr(metric(plugins, data, "swd", **{name: value}).params, name) for name, value in smallest.items()} == smallest
+    for name, value in smallest.items():
+        with pytest.raises(pydantic.ValidationError, match=f"{name}\n  Input should be greater than or equal to {value}"):
+            metric(plugins, data, "swd", **{name: value - 1})
     declared = {v.name: v.ideal for v in metric(plugins, data, "swd", per_image=8).compute(data.train, data.held_out, data.train)}
     assert declared == {"swd": "lower", "swd_32": "lower", "swd_16": "lower"}  # what the report ranks by
 
