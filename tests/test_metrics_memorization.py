@@ -23,6 +23,7 @@ from raresynth.data.images import to_uint8
 from raresynth.plugins.memorization.audit import (
     audit_space,
     copy_threshold,
+    kmeans_cells,
     mann_whitney_z,
     measured_fpr,
     meehan_ct,
@@ -279,6 +280,25 @@ def test_meehan_ct_weights_each_cells_z_by_its_held_out_share_and_skips_sparse_c
         meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=13)
 
 
+def test_the_audit_reports_c_t_from_two_cells_on():
+    """audit_space's Z is C_T over k-means cells of the points for cells >= 2 (Z_U over all images only for 1 cell)."""
+    rng = np.random.default_rng(5)
+    train_v, synthetic_v, held_out_v = (torch.from_numpy(rng.normal(size=(n, 2))) for n in (30, 40, 40))
+    synthetic_v[:20] += 4.0  # two clusters, so the cells differ from the whole
+    held_out_v[:20] += 4.0
+    train_v[:15] += 4.0
+    to_train = [torch.cdist(x, train_v) for x in (synthetic_v, held_out_v)]
+    train_to_train = torch.cdist(train_v, train_v).fill_diagonal_(INF)
+    s, h = (d.min(dim=1).values.numpy() for d in to_train)
+    for cells in (1, 2, 3):
+        space = audit_space("hand", *to_train, train_to_train, 5.0, cells, (train_v, synthetic_v, held_out_v), seed=0)
+        if cells == 1:
+            assert space.meehan_z == pytest.approx(mann_whitney_z(s, h))
+        else:
+            expected = meehan_ct(s, h, *kmeans_cells(train_v, [synthetic_v, held_out_v], cells, 0), cells)
+            assert space.meehan_z == pytest.approx(expected) and space.meehan_z != pytest.approx(mann_whitney_z(s, h))
+
+
 def test_the_audits_defaults_are_the_documented_ones(plugins, data):
     """docs/metrics.md states these defaults; Meehan's Z_U over all images unless cells are asked for."""
     p = audit(plugins, data).params
@@ -286,8 +306,9 @@ def test_the_audits_defaults_are_the_documented_ones(plugins, data):
         5.0, 2, 2, 1.5, 32, 20, 1, 16)
     smallest = {"crop": 0, "fpr_splits": 1, "max_shift": 0, "match_resolution": 8, "smoothing": 0.0, "meehan_cells": 1, "grid_pairs": 1}
     assert {name: getattr(audit(plugins, data, **{name: value}).params, name) for name, value in smallest.items()} == smallest
-    for options in ({"crop": -1}, {"fpr_splits": 0}, {"max_shift": -1}, {"match_resolution": 7}, {"smoothing": -0.5}, {"grid_pairs": 0}):
-        with pytest.raises(pydantic.ValidationError, match=f"{next(iter(options))}\n  Input should be greater than or equal"):
+    for options in ({"crop": -1}, {"fpr_splits": 0}, {"max_shift": -1}, {"match_resolution": 7}, {"smoothing": -0.5}, {"grid_pairs": 0},
+                    {"percentile": 0.0}, {"percentile": 100.0}):
+        with pytest.raises(pydantic.ValidationError, match=f"{next(iter(options))}\n  Input should be (greater|less) than"):
             audit(plugins, data, **options)
 
 
