@@ -442,6 +442,14 @@ def test_the_fewest_images_the_audit_accepts():
         audit_space("hand", torch.ones(1, 1), torch.ones(2, 1), torch.full((1, 1), INF), percentile=5.0)
 
 
+def test_authenticity_is_strict_for_synthetic_and_held_out_images():
+    """Alaa et al.: authentic only when *farther* than the nearest training image's own nearest neighbour; a tie is not."""
+    two_train = torch.tensor([[INF, 1.0], [1.0, INF]], dtype=torch.float64)  # each one's nearest other: 1 away
+    ties = torch.tensor([[1.0, 9.0], [9.0, 2.0]], dtype=torch.float64)  # the first exactly 1 from training image 0
+    space = audit_space("hand", ties, ties, two_train, percentile=50.0)
+    assert space.authentic.tolist() == [False, True] and space.held_out_authentic.tolist() == [False, True]
+
+
 def test_meehan_cells_one_may_be_given_explicitly_and_zero_is_refused(plugins, data):
     assert audit(plugins, data, meehan_cells=1).params.meehan_cells == 1
     with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
