@@ -102,7 +102,7 @@ def test_swd_measured_against_another_training_set_is_not_served_from_the_cache(
         assert values(swd, SimpleNamespace(train=second, held_out=data.held_out), synthetic) == fresh[id(second)]
 
 
-def test_a_neighbourhood_as_large_as_the_level_is_the_whole_image():
+def test_swd_neighbourhood_as_large_as_its_level_is_the_whole_image():
     from raresynth.plugins.weightfree.swd import descriptors
 
     level = torch.rand(2, 3, 7, 7)
