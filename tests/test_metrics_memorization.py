@@ -278,6 +278,10 @@ def test_meehan_ct_weights_each_cells_z_by_its_held_out_share_and_skips_sparse_c
     assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ConfigError, match="meehan_cells: no cell holds 13 synthetic and 13 held-out images"):
         meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=13)
+    # a cell with exactly min_per_cell images on either side counts: cell 1's 8 synthetic at 8, cell 0's 10 held-out at 10
+    assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=8) == pytest.approx(expected, rel=1e-12)
+    only_cell_0 = mann_whitney_z(synthetic[synthetic_cells == 0], held_out[held_out_cells == 0])
+    assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=10) == pytest.approx(only_cell_0, rel=1e-12)
 
 
 def test_the_audit_reports_c_t_from_two_cells_on():
@@ -469,3 +473,13 @@ def test_a_folder_audit_of_more_than_256_images(plugins, data, tmp_path):
     for wrong in (names[:-1], [*names, "extra.png"]):
         with pytest.raises(ValueError, match="one name per synthetic image"):
             m.audit_folder(data.train, data.held_out, many, wrong, tmp_path)
+
+
+def test_the_embedding_audit_without_flips_and_its_use_of_the_held_out_set(plugins, data):
+    """flips: false matches the images as they are (in the embedding too); the audit declares it reads the held-out set,
+    so reference rows give it held-out halves and never an image against itself."""
+    m = audit(plugins, data, flips=False)
+    planted_at = list(range(len(data.held_out), len(data.held_out) + len(PLANTED)))
+    for space in m.audits(data.train, data.held_out, with_planted_copies(data)):
+        assert space.copies[planted_at].all() and space.nearest_train[planted_at].tolist() == PLANTED, space.space
+    assert type(m).uses_held_out is True

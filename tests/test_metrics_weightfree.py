@@ -102,6 +102,12 @@ def test_swd_measured_against_another_training_set_is_not_served_from_the_cache(
         assert values(swd, SimpleNamespace(train=second, held_out=data.held_out), synthetic) == fresh[id(second)]
 
 
+def test_swd_against_the_held_out_set(plugins, data):
+    """``reference: held_out`` compares with the held-out images: the held-out set itself then scores 0."""
+    assert values(metric(plugins, data, "swd", reference="held_out", per_image=16), data, data.held_out)["swd"] == pytest.approx(0.0, abs=1e-9)
+    assert values(metric(plugins, data, "swd", per_image=16), data, data.held_out)["swd"] > 1.0
+
+
 def test_swd_neighbourhood_as_large_as_its_level_is_the_whole_image():
     from raresynth.plugins.weightfree.swd import descriptors
 
