@@ -132,7 +132,7 @@ def test_wasserstein_of_samples_of_different_sizes_equals_scipys():
     from scipy.stats import wasserstein_distance
 
     generator = np.random.default_rng(3)
-    for n, m in ((12, 12), (12, 6), (12, 4), (7, 5), (40, 9), (40, 16)):
+    for n, m in ((12, 12), (12, 6), (12, 4), (7, 5), (40, 9), (40, 16), (11, 5)):  # 11 = 2 x 5 + 1: not divisible
         a, b = np.sort(generator.normal(size=(4, n)), axis=1), np.sort(generator.normal(0.5, 2.0, size=(4, m)), axis=1)
         expected = [wasserstein_distance(x, y) for x, y in zip(a, b)]
         assert wasserstein_1d(a, b) == pytest.approx(expected, rel=1e-12)
