@@ -42,11 +42,9 @@ def _gaussian_kernel(size: int, sigma: float, dtype: torch.dtype) -> torch.Tenso
 
 def _blur_matrix(side: int, kernel: torch.Tensor) -> torch.Tensor:
     """``(side, side - k + 1)``: right-multiplying rows of ``side`` pixels by it is their valid-region 1-D Gaussian blur."""
-    out = side - len(kernel) + 1
-    matrix = torch.zeros(side, out, dtype=kernel.dtype, device=kernel.device)
-    for i in range(out):
-        matrix[i : i + len(kernel), i] = kernel
-    return matrix
+    tap = torch.arange(side, device=kernel.device)[:, None] - torch.arange(side - len(kernel) + 1, device=kernel.device)[None, :]
+    inside = (tap >= 0) & (tap < len(kernel))  # pixel i is tap i - j of output j's window
+    return torch.where(inside, kernel[tap.clamp(0, len(kernel) - 1)], torch.zeros((), dtype=kernel.dtype, device=kernel.device))
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
