@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
+import pytest
 import torch
 
 from raresynth import ImageSet
@@ -86,6 +88,19 @@ def noisy(image_set: ImageSet, sigma: float, seed: int = 1) -> ImageSet:
 
 def values(m, data, synthetic) -> dict[str, float]:
     return {v.name: v.value for v in m.compute(data.train, data.held_out, synthetic)}
+
+
+def assert_setting_bounds(build, smallest: dict, refused: dict[str, tuple[object, str]]) -> None:
+    """Each setting in ``smallest`` is accepted as given, one at a time; each in ``refused`` is refused, naming the field and its bound.
+
+    ``build(**{name: value})`` returns the plugin object (its ``params`` are read back);
+    ``refused`` maps a field to a value just past its bound and pydantic's wording of the
+    bound, for example ``{"crop": (-1, "greater than or equal to 0")}``.
+    """
+    assert {name: getattr(build(**{name: value}).params, name) for name, value in smallest.items()} == smallest
+    for name, (value, bound) in refused.items():
+        with pytest.raises(pydantic.ValidationError, match=f"{name}\n  Input should be {bound}"):
+            build(**{name: value})
 
 
 # -- a real headless browser: Debian's Chromium driven by Selenium through chromium-driver ------------------
