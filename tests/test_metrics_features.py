@@ -135,6 +135,13 @@ def test_neighbours_and_pairs():
     assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
     sampled = pairs_of(50, 10, generator)
     assert sampled.shape == (10, 2) and (sampled[:, 0] != sampled[:, 1]).all()
+    sampled = pairs_of(5, 9, generator)  # fewer than the 10 pairs: sampled
+    assert sampled.shape == (9, 2)
+    many = torch.cat([pairs_of(5, 9, generator) for _ in range(1200)])  # 10800 draws, each unordered pair 1080 times on average
+    assert (many[:, 0] != many[:, 1]).all() and ((0 <= many) & (many < 5)).all()
+    counts = torch.bincount(many.min(dim=1).values * 5 + many.max(dim=1).values, minlength=25).view(5, 5)
+    pair_counts = counts[torch.triu_indices(5, 5, offset=1).unbind()]
+    assert (pair_counts > 900).all() and (pair_counts < 1260).all(), pair_counts  # uniform over the 10 pairs (about 5 sd)
 
 
 def test_check_compatible_names_the_set():

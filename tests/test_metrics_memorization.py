@@ -390,6 +390,12 @@ def test_measured_fpr_is_the_average_over_halvings_of_the_rate_on_the_other_half
     assert math.isnan(measured_fpr(distances[:3], percentile, splits=10, seed=0))  # too few to halve
 
 
+def test_measured_fpr_flags_below_the_threshold_as_the_copy_rule_does():
+    """An image exactly at the threshold is not flagged (``distance < threshold``, as for synthetic images): all ties, rate 0."""
+    assert measured_fpr(torch.ones(8), 50.0, splits=5, seed=0) == 0.0
+    assert measured_fpr(torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]), 50.0, splits=200, seed=0) < 0.5
+
+
 @pytest.mark.parametrize("similarity, matched", [("ncc", True), ("ncc", False), ("ssim", False)])
 def test_pixel_distance_is_one_minus_the_similarity_zero_for_the_image_itself(plugins, data, similarity, matched):
     from raresynth.plugins.memorization.matching import Matching
@@ -481,3 +487,15 @@ def test_the_embedding_audit_without_flips_and_its_use_of_the_held_out_set(plugi
     for space in m.audits(data.train, data.held_out, with_planted_copies(data)):
         assert space.copies[planted_at].all() and space.nearest_train[planted_at].tolist() == PLANTED, space.space
     assert type(m).uses_held_out is True
+
+
+def test_flips_false_leaves_a_flipped_copy_unmatched_in_the_embedding(plugins, data):
+    """A horizontally flipped training image is at distance 0 in the embedding when flips are tried, and not when they are off
+    (the mutant that tried one flip anyway passed every test)."""
+    flipped_copies = ImageSet(data.train.images[PLANTED].flip(-1), data.train.labels[PLANTED])
+    by_flips = {}
+    for flips in (True, False):
+        (space,) = [s for s in audit(plugins, data, flips=flips).audits(data.train, data.held_out, flipped_copies) if s.space != "pixel"]
+        by_flips[flips] = space.synthetic_distance
+    assert (by_flips[True] < 1e-6).all()  # the flip of the flipped copy is the training image: the same features
+    assert (by_flips[False] > 1e-5).all()  # the domain embedding, trained with flips, is nearly but not exactly flip-invariant
