@@ -108,6 +108,28 @@ def skipped_records(walk: Walk, root: Path, keep: Callable[[Path], bool]) -> lis
     return [Record(id=relative_id(path, root), source=path, skipped=reason) for path, reason in walk.skipped if path.is_dir() or keep(path)]
 
 
+def readable(source: Path, accept: Callable[[Path], bool]) -> bool:
+    """``can_read`` for a format of one file per image or volume: ``source`` is a file ``accept`` takes, or a folder with one."""
+    if source.is_file():
+        return accept(source)
+    return source.is_dir() and any(accept(path) for path in iter_files(source))
+
+
+def files_to_scan(source: Path | None, keep: Callable[[Path], bool]) -> tuple[Path, list[Path], list[Record]]:
+    """What a format's ``scan`` starts from: the root record ids are relative to, the files to read, and the skipped entries' records.
+
+    A single file is read as given; in a folder, the files of :func:`walk_files` that
+    ``keep`` accepts, and :func:`skipped_records` for what the walk left out.
+    """
+    if source is None or not source.exists():
+        raise DataError(f"{source}: not found")
+    root = source_root(source)
+    if not source.is_dir():
+        return root, [source], []
+    walk = walk_files(source)
+    return root, [path for path in walk.files if keep(path)], skipped_records(walk, root, keep)
+
+
 def relative_id(path: Path, root: Path) -> str:
     """``path`` relative to ``root``, with forward slashes: a record id stable across systems."""
     return path.relative_to(root).as_posix()

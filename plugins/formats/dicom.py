@@ -29,7 +29,7 @@ from pydicom.multival import MultiValue
 
 from raresynth import DataError, DataFormat, PluginParams, RawImage, Record, did_you_mean
 
-from ._files import iter_files, one_line, relative_id, require_nonempty, skipped_records, source_root, walk_files
+from ._files import files_to_scan, iter_files, one_line, relative_id, require_nonempty
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
@@ -92,12 +92,7 @@ class Dicom(DataFormat):
         A file that cannot be parsed is still listed once, so that :meth:`read`
         reports why (and ``on_bad_file: skip`` can skip it).
         """
-        if source is None or not source.exists():
-            raise DataError(f"{source}: not found")
-        root = source_root(source)
-        walk = walk_files(source) if source.is_dir() else None
-        files = [source] if walk is None else [p for p in walk.files if p.name not in INDEX_FILE_NAMES]
-        records: list[Record] = [] if walk is None else skipped_records(walk, root, lambda p: p.name not in INDEX_FILE_NAMES)
+        root, files, records = files_to_scan(source, lambda p: p.name not in INDEX_FILE_NAMES)
         for path in files:
             record_id = relative_id(path, root)
             header = _read_header(path)

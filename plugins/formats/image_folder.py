@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
 
-from ._files import iter_files, one_line, relative_id, require_nonempty, skipped_records, source_root, walk_files
+from ._files import files_to_scan, one_line, readable, relative_id, require_nonempty
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
@@ -47,20 +47,11 @@ class ImageFolder(DataFormat):
 
     @classmethod
     def can_read(cls, source: Path) -> bool:
-        if source.is_file():
-            return is_image_file(source)
-        if source.is_dir():
-            return any(is_image_file(path) for path in iter_files(source))
-        return False
+        return readable(source, is_image_file)
 
     def scan(self, source: Path | None) -> list[Record]:
-        if source is None or not source.exists():
-            raise DataError(f"{source}: not found")
-        root = source_root(source)
-        walk = walk_files(source) if source.is_dir() else None
-        files = [source] if walk is None else [p for p in walk.files if is_image_file(p)]
+        root, files, records = files_to_scan(source, is_image_file)
         labels = self._labels(files, source) if source.is_dir() else {}
-        records = [] if walk is None else skipped_records(walk, root, is_image_file)
         for path in files:
             record_id = relative_id(path, root)
             label = labels.get(path)

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from raresynth import DataError, DataFormat, PluginParams, RawImage, Record
 
-from ._files import iter_files, one_line, relative_id, require_nonempty, skipped_records, source_root, walk_files
+from ._files import files_to_scan, one_line, readable, relative_id, require_nonempty
 
 AXIS_NAMES = ("x", "y", "z")
 
@@ -46,20 +46,11 @@ class Nifti(DataFormat):
 
     @classmethod
     def can_read(cls, source: Path) -> bool:
-        if source.is_file():
-            return is_nifti_file(source)
-        if source.is_dir():
-            return any(is_nifti_file(path) for path in iter_files(source))
-        return False
+        return readable(source, is_nifti_file)
 
     def scan(self, source: Path | None) -> list[Record]:
         """One record per (non-empty) slice; a file that cannot be loaded is listed once."""
-        if source is None or not source.exists():
-            raise DataError(f"{source}: not found")
-        root = source_root(source)
-        walk = walk_files(source) if source.is_dir() else None
-        files = [source] if walk is None else [p for p in walk.files if is_nifti_file(p)]
-        records: list[Record] = [] if walk is None else skipped_records(walk, root, is_nifti_file)
+        root, files, records = files_to_scan(source, is_nifti_file)
         for path in files:
             volume_id = relative_id(path, root)
             try:
