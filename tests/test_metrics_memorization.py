@@ -210,6 +210,9 @@ def test_audit_command_against_a_run_directory(toy_config, registry, tmp_path, c
     summary = json.loads((tmp_path / "samples-audit" / "audit.json").read_text())
     assert {"t0.png", "t1.png"} <= {f["file"] for f in summary["spaces"][0]["flagged"]}
     assert summary["train"] == len(data.train) and summary["held_out"] == len(data.held_out)
+    (folder / "h1.png").unlink()  # audited again into the same folder: the report replaced
+    assert main(["audit", str(folder), "--against", str(run.run_dir), "embedding=null"]) == 0
+    assert json.loads((tmp_path / "samples-audit" / "audit.json").read_text())["synthetic"] == 3
     assert main(["audit", str(folder), "--against", str(tmp_path)]) == 2
     assert f"{tmp_path}: not a run directory (no config.yaml)" in capsys.readouterr().err
 
@@ -282,6 +285,10 @@ def test_meehan_ct_weights_each_cells_z_by_its_held_out_share_and_skips_sparse_c
     assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=8) == pytest.approx(expected, rel=1e-12)
     only_cell_0 = mann_whitney_z(synthetic[synthetic_cells == 0], held_out[held_out_cells == 0])
     assert meehan_ct(synthetic, held_out, synthetic_cells, held_out_cells, cells=4, min_per_cell=10) == pytest.approx(only_cell_0, rel=1e-12)
+    # by default a cell needs 3 synthetic and 3 held-out images (docs/metrics.md): one of exactly 3 and 3 counts
+    three_s, three_h = np.array([0] * 3 + [1] * 23), np.array([0] * 3 + [1] * 29)
+    z3 = [mann_whitney_z(synthetic[three_s == c], held_out[three_h == c]) for c in (0, 1)]
+    assert meehan_ct(synthetic, held_out, three_s, three_h, cells=2) == pytest.approx(3 / 32 * z3[0] + 29 / 32 * z3[1], rel=1e-12)
 
 
 def test_the_audit_reports_c_t_from_two_cells_on():

@@ -197,6 +197,20 @@ def test_ms_ssim_keeps_the_real_mean_only_for_the_same_real_set(plugins, data, m
     assert values(m, data, sets[0])["ms_ssim_real"] != fresh[id(data.train)][0]["ms_ssim_real"]
 
 
+
+def test_ms_ssim_pairs_within_each_class_of_two_or_more_images():
+    """A class of exactly 2 images gives its one pair; the mean is over all pairs, class by class (Odena et al.)."""
+    from raresynth.plugins.weightfree.msssim import mean_pair_ms_ssim
+
+    images = (torch.rand(7, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+    images[6] = (images[5] + 0.1).clamp(-1, 1)  # class 1's pair: nearly the same image, MS-SSIM near 1
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    i, j = torch.triu_indices(5, 5, offset=1)
+    expected = torch.cat([ms_ssim(images[i], images[j]), ms_ssim(images[5:6], images[6:7])]).mean()
+    assert mean_pair_ms_ssim(images, labels, 100, 11, torch.Generator().manual_seed(0)) == pytest.approx(float(expected), abs=1e-6)
+    with pytest.raises(ConfigError, match="ms_ssim: needs at least 2 images"):
+        mean_pair_ms_ssim(images[:2], torch.tensor([0, 1]), 100, 11, torch.Generator())
+
 # -- PRDC --------------------------------------------------------------------
 
 
@@ -482,6 +496,34 @@ def test_ssim_equals_scikit_image_with_the_papers_settings(channels):
                                           K1=0.01, K2=0.03, channel_axis=2)
         assert ours[i] == pytest.approx(reference, abs=1e-4), i  # ours runs in float32
 
+
+
+def _ssim_by_hand(a: np.ndarray, b: np.ndarray, size: int, sigma: float = 1.5) -> float:
+    """SSIM of two gray images in [0, 1], window by window: a ``size``-tap Gaussian window over every valid position."""
+    taps = np.exp(-((np.arange(size) - (size - 1) / 2) ** 2) / (2 * sigma**2))
+    window = np.outer(taps, taps) / np.outer(taps, taps).sum()
+    c1, c2 = 0.01**2, 0.03**2
+    scores = []
+    for r in range(a.shape[0] - size + 1):
+        for c in range(a.shape[1] - size + 1):
+            pa, pb = a[r : r + size, c : c + size], b[r : r + size, c : c + size]
+            mu_a, mu_b = (window * pa).sum(), (window * pb).sum()
+            var_a, var_b = (window * (pa - mu_a) ** 2).sum(), (window * (pb - mu_b) ** 2).sum()
+            cov = (window * (pa - mu_a) * (pb - mu_b)).sum()
+            scores.append((2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("side, size", [(8, 7), (9, 9), (10, 9), (12, 11)])
+def test_ssim_window_shrinks_to_the_largest_odd_size_that_fits(side, size):
+    """Images smaller than the 11-pixel window (the audit matches at 8 px and up): the window becomes the largest odd size
+    that fits, here checked against SSIM computed window by window."""
+    from skimage import data as skdata
+
+    camera = skdata.camera()[::16, ::16][:side, :side].astype(np.float64) / 255
+    other = np.clip(0.7 * camera + 0.1 + 0.1 * np.random.default_rng(0).standard_normal(camera.shape), 0, 1)
+    x, y = (torch.from_numpy(v * 2 - 1)[None, None] for v in (camera, other))
+    assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
 
 def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM's contrast-structure term from scikit-image: a huge K1 makes the luminance factor 1."""
