@@ -246,6 +246,8 @@ def test_copy_threshold_percentiles_by_the_rank_rule():
     assert copy_threshold(held_out, 10.0) == (1.0, 1 / 10)  # k = floor(0.1 * 10) = 1
     assert copy_threshold(held_out, 30.0) == (3.0, 3 / 10)
     assert copy_threshold(held_out, 1.0) == (1.0, 1 / 10)  # k is at least 1: the rate says it is above the percentile
+    # k = floor(0.5 * 99) = 49 of H = 98 (49.5 rounds down; a percentile read as a share of 99 would give 50)
+    assert copy_threshold(torch.arange(98.0, 0.0, -1.0), 50.0) == (49.0, 49 / 99)
 
 
 def _hand_u(synthetic: np.ndarray, held_out: np.ndarray) -> float:
@@ -325,6 +327,12 @@ def test_the_audits_defaults_are_the_documented_ones(plugins, data):
                           {"percentile": (0.0, "greater than 0")})
     assert_setting_bounds(lambda **setting: audit(plugins, data, **setting), {"percentile": 99.5},
                           {"percentile": (100.0, "less than 100")})
+
+
+def test_a_single_synthetic_image_is_audited(plugins, data):
+    """One image is a valid set (a clinician checking one sample): its nearest training image, and whether it is a copy."""
+    (space,) = audit(plugins, data, embedding=None).audits(data.train, data.held_out, ImageSet(data.train.images[7:8]))
+    assert space.nearest_train.tolist() == [7] and space.copies.tolist() == [True] and space.transforms[0].startswith("none")
 
 
 def _flat_images(offsets) -> ImageSet:

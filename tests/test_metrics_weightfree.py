@@ -160,7 +160,7 @@ def test_ms_ssim_of_identical_images_is_one_and_drops_with_noise():
     images = torch.rand(4, 1, 32, 32) * 2 - 1
     assert torch.allclose(ms_ssim(images, images), torch.ones(4, dtype=torch.float32), atol=1e-5)
     assert torch.allclose(ssim(images, images), torch.ones(4, dtype=torch.float32), atol=1e-5)
-    assert ms_ssim_scales(16) == 1 and ms_ssim_scales(32) == 2 and ms_ssim_scales(256) == 5
+    assert ms_ssim_scales(16) == 1 and ms_ssim_scales(32) == 2 and ms_ssim_scales(256) == 5 and ms_ssim_scales(1024) == 5
     assert (ms_ssim(images, (images + 0.5 * torch.randn_like(images)).clamp(-1, 1)) < 0.9).all()
 
 
@@ -210,6 +210,28 @@ def test_ms_ssim_pairs_within_each_class_of_two_or_more_images():
     assert mean_pair_ms_ssim(images, labels, 100, 11, torch.Generator().manual_seed(0)) == pytest.approx(float(expected), abs=1e-6)
     with pytest.raises(ConfigError, match="ms_ssim: needs at least 2 images"):
         mean_pair_ms_ssim(images[:2], torch.tensor([0, 1]), 100, 11, torch.Generator())
+
+
+def test_ms_ssim_splits_its_pair_budget_between_the_classes(plugins, data, monkeypatch):
+    """``max_pairs`` pairs per set in all: each of 2 classes of 10 images (45 pairs) gives 10 of max_pairs = 20."""
+    import raresynth.plugins.weightfree.msssim as module
+
+    scored = []
+    original = module.ms_ssim
+    monkeypatch.setattr(module, "ms_ssim", lambda x, y, **kw: scored.append(len(x)) or original(x, y, **kw))
+    images = torch.rand(20, 1, 32, 32, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    module.mean_pair_ms_ssim(images, torch.tensor([0] * 10 + [1] * 10), 20, 11, torch.Generator().manual_seed(0))
+    assert scored == [10, 10]
+    scored.clear()
+    module.mean_pair_ms_ssim(images, None, 20, 11, torch.Generator().manual_seed(0))  # one group: all 20 from it
+    assert scored == [20]
+
+
+def test_ms_ssim_window_is_odd_and_at_least_3(plugins, data):
+    assert metric(plugins, data, "ms_ssim", window=3).params.window == 3
+    for window, message in ((10, r"must be odd \(got 10\)"), (1, "greater than or equal to 3")):
+        with pytest.raises(pydantic.ValidationError, match=f"window\n.*{message}"):
+            metric(plugins, data, "ms_ssim", window=window)
 
 # -- PRDC --------------------------------------------------------------------
 
