@@ -420,7 +420,13 @@ def test_pixel_distance_is_one_minus_the_similarity_zero_for_the_image_itself(pl
     assert torch.diagonal(distance).abs().max() < 1e-5  # similarity 1 with itself
     assert (distance > 1e-3).sum() == 12 and distance.max() <= 2.0  # every other pair farther; at most 1 - (-1)
     inverted = pixel_distances(images[:1], -images[:1], "ncc")[0]  # NCC of x and -x is -1
-    if similarity == "ssim":  # SSIM takes no transforms: a Matching given along changes nothing
+    if similarity == "ssim":  # 1 - SSIM itself (NCC would pass the checks above), and a Matching changes nothing
+        from raresynth import Preprocessing
+        from raresynth.evaluation.similarity import ssim
+
+        x = Preprocessing().apply(images)  # as every pixel distance is measured
+        expected = 1.0 - ssim(x.repeat_interleave(4, dim=0), x.repeat(4, 1, 1, 1)).double().view(4, 4)
+        assert distance == pytest.approx(expected, abs=1e-6)
         with_matching, which = pixel_distances(images, images.flip(-1), "ssim", matching=Matching())
         assert which is None and torch.equal(with_matching, pixel_distances(images, images.flip(-1), "ssim")[0])
     assert float(inverted) == pytest.approx(2.0, abs=1e-5)
