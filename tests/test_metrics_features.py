@@ -16,7 +16,7 @@ from raresynth.evaluation import features as feats
 from raresynth.evaluation.domain_embedding import DomainEmbeddingParams, domain_embedding
 from raresynth.evaluation.features import CACHE_ENV, FeatureCache, PixelEmbedding, Preprocessing, content_hash
 from raresynth.evaluation.imagesets import check_compatible, concat, load_image_folder, sample_image_set
-from raresynth.evaluation.similarity import kth_neighbour_distances, pairs_of, pairwise_distances
+from raresynth.evaluation.similarity import kth_neighbour_distances, normalized_correlation, pairs_of, pairwise_distances
 from raresynth.training import load_run_generator, sample_to_folder, train
 
 FAST_DOMAIN = DomainEmbeddingParams(epochs=2, batch_size=16)
@@ -132,6 +132,8 @@ def test_neighbours_and_pairs():
     assert kth_neighbour_distances(points, 1).tolist() == [1.0, 1.0, 2.0, 4.0]
     assert kth_neighbour_distances(points, 2).tolist() == [3.0, 2.0, 3.0, 6.0]
     assert pairwise_distances(torch.zeros(0, 3), points.expand(4, 3)).shape == (0, 4)  # an empty set: no rows
+    flat, other = torch.full((1, 1, 4, 4), 0.3), torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert normalized_correlation(flat, other).tolist() == [[0.0, 0.0]]  # a flat image correlates with nothing (not NaN)
     generator = torch.Generator().manual_seed(0)
     assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
     sampled = pairs_of(50, 10, generator)

@@ -161,6 +161,7 @@ def test_ms_ssim_of_identical_images_is_one_and_drops_with_noise():
     assert torch.allclose(ms_ssim(images, images), torch.ones(4, dtype=torch.float32), atol=1e-5)
     assert torch.allclose(ssim(images, images), torch.ones(4, dtype=torch.float32), atol=1e-5)
     assert ms_ssim_scales(16) == 1 and ms_ssim_scales(32) == 2 and ms_ssim_scales(256) == 5 and ms_ssim_scales(1024) == 5
+    assert ms_ssim_scales(22) == 2 and ms_ssim_scales(21) == 1  # a scale is used while its side is at least the 11 px window
     assert (ms_ssim(images, (images + 0.5 * torch.randn_like(images)).clamp(-1, 1)) < 0.9).all()
 
 
@@ -225,6 +226,17 @@ def test_ms_ssim_splits_its_pair_budget_between_the_classes(plugins, data, monke
     scored.clear()
     module.mean_pair_ms_ssim(images, None, 20, 11, torch.Generator().manual_seed(0))  # one group: all 20 from it
     assert scored == [20]
+
+
+def test_ms_ssim_defaults_and_within_class_false(plugins, data):
+    """docs/metrics.md's defaults; within_class: false pairs images across classes, as if the sets had no labels."""
+    p = metric(plugins, data, "ms_ssim").params
+    assert (p.reference, p.max_pairs, p.within_class, p.window) == ("train", 1000, True, 11)
+    unlabelled = SimpleNamespace(train=ImageSet(data.train.images), held_out=data.held_out)
+    synthetic = noisy(data.train, 0.2)
+    across = values(metric(plugins, data, "ms_ssim", within_class=False), data, synthetic)
+    assert across == values(metric(plugins, data, "ms_ssim"), unlabelled, ImageSet(synthetic.images))
+    assert across["ms_ssim_real"] != values(metric(plugins, data, "ms_ssim"), data, synthetic)["ms_ssim_real"]
 
 
 def test_ms_ssim_window_is_odd_and_at_least_3(plugins, data):
@@ -547,6 +559,7 @@ def test_ssim_window_shrinks_to_the_largest_odd_size_that_fits(side, size):
     x, y = (torch.from_numpy(v * 2 - 1)[None, None] for v in (camera, other))
     assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
 
+
 def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM's contrast-structure term from scikit-image: a huge K1 makes the luminance factor 1."""
     from skimage.metrics import structural_similarity
@@ -555,17 +568,21 @@ def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
                                  K1=1e6, K2=0.03, channel_axis=2)
 
 
-def test_ms_ssim_equals_its_definition_on_scikit_image_ssim():
-    """Wang et al. 2003, eq. 7: cs at the finer scales, SSIM at the coarsest, 2x2 mean pooling, renormalized exponents."""
+@pytest.mark.parametrize("step, scales", [(16, 2), (8, 3), (4, 4)])
+def test_ms_ssim_equals_its_definition_on_scikit_image_ssim(step, scales):
+    """Wang et al. 2003, eq. 7: cs at the finer scales, SSIM at the coarsest, 2x2 mean pooling, the paper's exponents
+    renormalized over the scales used (2, 3 and 4 at 32, 64 and 128 px)."""
     from skimage import data as skdata
     from skimage.metrics import structural_similarity
 
-    astronaut = skdata.astronaut()[::8, ::8].astype(np.float64)  # 64x64x3
+    assert MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the paper's exponents, fine to coarse
+    astronaut = skdata.astronaut()[::step, ::step].astype(np.float64)  # 512 / step pixels a side, RGB
+    side = astronaut.shape[0]
     x = torch.from_numpy(astronaut / 127.5 - 1).permute(2, 0, 1)[None]
     y = (x * 0.7 + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).clamp(-1, 1)
     ours = float(ms_ssim(x, y)[0])
     a, b = ((x[0].numpy() + 1) / 2).transpose(1, 2, 0), ((y[0].numpy() + 1) / 2).transpose(1, 2, 0)
-    scales = ms_ssim_scales(64)
+    assert ms_ssim_scales(side) == scales
     weights = np.array(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
     factors = []
     for scale in range(scales):
@@ -576,7 +593,6 @@ def test_ms_ssim_equals_its_definition_on_scikit_image_ssim():
             factors.append(_skimage_cs(a, b))
             a = a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2, 3).mean(axis=(1, 3))
             b = b.reshape(b.shape[0] // 2, 2, b.shape[1] // 2, 2, 3).mean(axis=(1, 3))
-    assert scales == 3
     assert ours == pytest.approx(float(np.prod(np.clip(factors, 0, None) ** weights)), abs=1e-5)
 
 
