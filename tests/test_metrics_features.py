@@ -136,6 +136,7 @@ def test_neighbours_and_pairs():
     assert normalized_correlation(flat, other).tolist() == [[0.0, 0.0]]  # a flat image correlates with nothing (not NaN)
     generator = torch.Generator().manual_seed(0)
     assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+    assert pairs_of(4, 6, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]  # exactly max_pairs: all
     sampled = pairs_of(50, 10, generator)
     assert sampled.shape == (10, 2) and (sampled[:, 0] != sampled[:, 1]).all()
     sampled = pairs_of(5, 9, generator)  # fewer than the 10 pairs: sampled

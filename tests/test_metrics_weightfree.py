@@ -226,6 +226,9 @@ def test_ms_ssim_splits_its_pair_budget_between_the_classes(plugins, data, monke
     scored.clear()
     module.mean_pair_ms_ssim(images, None, 20, 11, torch.Generator().manual_seed(0))  # one group: all 20 from it
     assert scored == [20]
+    scored.clear()
+    module.mean_pair_ms_ssim(images, torch.tensor([0] * 10 + [1] * 10), 1, 11, torch.Generator().manual_seed(0))
+    assert scored == [1, 1]  # fewer pairs than classes: one pair from each class
 
 
 def test_ms_ssim_defaults_and_within_class_false(plugins, data):
@@ -239,8 +242,9 @@ def test_ms_ssim_defaults_and_within_class_false(plugins, data):
     assert across["ms_ssim_real"] != values(metric(plugins, data, "ms_ssim"), data, synthetic)["ms_ssim_real"]
 
 
-def test_ms_ssim_window_is_odd_and_at_least_3(plugins, data):
-    assert metric(plugins, data, "ms_ssim", window=3).params.window == 3
+def test_ms_ssim_smallest_settings_and_an_odd_window(plugins, data):
+    assert_setting_bounds(lambda **setting: metric(plugins, data, "ms_ssim", **setting), {"window": 3, "max_pairs": 1},
+                          {"max_pairs": (0, "greater than or equal to 1")})
     for window, message in ((10, r"must be odd \(got 10\)"), (1, "greater than or equal to 3")):
         with pytest.raises(pydantic.ValidationError, match=f"window\n.*{message}"):
             metric(plugins, data, "ms_ssim", window=window)
@@ -548,7 +552,7 @@ def _ssim_by_hand(a: np.ndarray, b: np.ndarray, size: int, sigma: float = 1.5) -
     return float(np.mean(scores))
 
 
-@pytest.mark.parametrize("side, size", [(8, 7), (9, 9), (10, 9), (12, 11)])
+@pytest.mark.parametrize("side, size", [(2, 1), (8, 7), (9, 9), (10, 9), (12, 11)])
 def test_ssim_window_shrinks_to_the_largest_odd_size_that_fits(side, size):
     """Images smaller than the 11-pixel window (the audit matches at 8 px and up): the window becomes the largest odd size
     that fits, here checked against SSIM computed window by window."""
