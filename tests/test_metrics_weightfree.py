@@ -527,6 +527,8 @@ def test_ssim_equals_scikit_image_with_the_papers_settings(channels):
     x = camera.expand(3, channels, 64, 64).clone()
     y = (0.6 * x + 0.1 + 0.15 * torch.randn(x.shape, generator=generator, dtype=torch.float64)).clamp(-1, 1)
     y[1] = y[1] * 0.2 - 0.5  # dark and flat: the stabilizing constants decide
+    x[2] = -1 + 0.02 * torch.rand(x[2].shape, generator=generator, dtype=torch.float64)  # both nearly black: means
+    y[2] = -1 + 0.02 * torch.rand(y[2].shape, generator=generator, dtype=torch.float64)  # near 0, where K1 decides
     ours = ssim(x, y).double().numpy()
     for i in range(3):
         a, b = ((x[i].numpy() + 1) / 2).transpose(1, 2, 0), ((y[i].numpy() + 1) / 2).transpose(1, 2, 0)
