@@ -293,6 +293,15 @@ def test_meehan_ct_weights_each_cells_z_by_its_held_out_share_and_skips_sparse_c
     assert meehan_ct(synthetic, held_out, three_s, three_h, cells=2) == pytest.approx(3 / 32 * z3[0] + 29 / 32 * z3[1], rel=1e-12)
 
 
+def test_meehan_cells_may_be_as_many_as_the_training_images():
+    """The error says "use at most that many": as many cells as training images is accepted, one more refused."""
+    train = torch.tensor([[0.0], [10.0], [20.0]])
+    (cells,) = kmeans_cells(train, [torch.tensor([[1.0], [19.0], [9.0]])], 3, 0)
+    assert sorted(cells.tolist()) == [0, 1, 2]  # each training point its own centroid: every point in a cell of its own
+    with pytest.raises(ConfigError, match="meehan_cells: 4 cells for 3 training images; use at most that many"):
+        kmeans_cells(train, [train], 4, 0)
+
+
 def test_the_audit_reports_c_t_from_two_cells_on():
     """audit_space's Z is C_T over k-means cells of the points for cells >= 2 (Z_U over all images only for 1 cell)."""
     rng = np.random.default_rng(5)
