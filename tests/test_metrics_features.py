@@ -131,9 +131,15 @@ def test_neighbours_and_pairs():
     points = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
     assert kth_neighbour_distances(points, 1).tolist() == [1.0, 1.0, 2.0, 4.0]
     assert kth_neighbour_distances(points, 2).tolist() == [3.0, 2.0, 3.0, 6.0]
+    assert kth_neighbour_distances(points, 3).tolist() == [7.0, 6.0, 4.0, 7.0]  # k = n - 1: the farthest other point
+    for k in (4, 5):  # k others needed: refused at n = k and beyond
+        with pytest.raises(ConfigError, match=f"k-nearest neighbours: 4 samples, need more than k={k}"):
+            kth_neighbour_distances(points, k)
     assert pairwise_distances(torch.zeros(0, 3), points.expand(4, 3)).shape == (0, 4)  # an empty set: no rows
     flat, other = torch.full((1, 1, 4, 4), 0.3), torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     assert normalized_correlation(flat, other).tolist() == [[0.0, 0.0]]  # a flat image correlates with nothing (not NaN)
+    faint = 1e-4 * other  # a faint image correlates with itself fully: the norm's guard only stops a division by 0
+    assert normalized_correlation(faint, other)[[0, 1], [0, 1]] == pytest.approx(torch.ones(2, dtype=torch.float64), abs=1e-5)
     generator = torch.Generator().manual_seed(0)
     assert pairs_of(4, 100, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
     assert pairs_of(4, 6, generator).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]  # exactly max_pairs: all
