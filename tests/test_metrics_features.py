@@ -138,6 +138,8 @@ def test_neighbours_and_pairs():
     assert pairwise_distances(torch.zeros(0, 3), points.expand(4, 3)).shape == (0, 4)  # an empty set: no rows
     flat, other = torch.full((1, 1, 4, 4), 0.3), torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     assert normalized_correlation(flat, other).tolist() == [[0.0, 0.0]]  # a flat image correlates with nothing (not NaN)
+    brighter = other[:1] * 0.5 + 0.4  # Pearson correlation ignores gain and offset
+    assert float(normalized_correlation(other[:1], brighter)[0, 0]) == pytest.approx(1.0, abs=1e-5)
     faint = 1e-4 * other  # a faint image correlates with itself fully: the norm's guard only stops a division by 0
     assert normalized_correlation(faint, other)[[0, 1], [0, 1]] == pytest.approx(torch.ones(2, dtype=torch.float64), abs=1e-5)
     generator = torch.Generator().manual_seed(0)

@@ -242,6 +242,15 @@ def test_ms_ssim_defaults_and_within_class_false(plugins, data):
     assert across["ms_ssim_real"] != values(metric(plugins, data, "ms_ssim"), data, synthetic)["ms_ssim_real"]
 
 
+def test_ms_ssim_reference_held_out_measures_the_held_out_pairs(plugins, data):
+    """``reference: held_out``: ms_ssim_real is the held-out set's own mean, as the training set's is by default."""
+    synthetic = noisy(data.train, 0.2)
+    on_held_out = values(metric(plugins, data, "ms_ssim", reference="held_out"), data, synthetic)
+    swapped = SimpleNamespace(train=data.held_out, held_out=data.train)
+    assert on_held_out == values(metric(plugins, data, "ms_ssim"), swapped, synthetic)
+    assert on_held_out["ms_ssim_real"] != values(metric(plugins, data, "ms_ssim"), data, synthetic)["ms_ssim_real"]
+
+
 def test_ms_ssim_smallest_settings_and_an_odd_window(plugins, data):
     assert_setting_bounds(lambda **setting: metric(plugins, data, "ms_ssim", **setting), {"window": 3, "max_pairs": 1},
                           {"max_pairs": (0, "greater than or equal to 1")})
