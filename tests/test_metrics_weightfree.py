@@ -162,6 +162,7 @@ def test_ms_ssim_of_identical_images_is_one_and_drops_with_noise():
     assert torch.allclose(ssim(images, images), torch.ones(4, dtype=torch.float32), atol=1e-5)
     assert ms_ssim_scales(16) == 1 and ms_ssim_scales(32) == 2 and ms_ssim_scales(256) == 5 and ms_ssim_scales(1024) == 5
     assert ms_ssim_scales(22) == 2 and ms_ssim_scales(21) == 1  # a scale is used while its side is at least the 11 px window
+    assert ms_ssim_scales(8) == 1  # smaller than the window: one scale, the window shrunk to fit
     assert (ms_ssim(images, (images + 0.5 * torch.randn_like(images)).clamp(-1, 1)) < 0.9).all()
 
 
