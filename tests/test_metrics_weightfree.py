@@ -214,7 +214,7 @@ def test_ms_ssim_pairs_within_each_class_of_two_or_more_images():
         mean_pair_ms_ssim(images[:2], torch.tensor([0, 1]), 100, 11, torch.Generator())
 
 
-def test_ms_ssim_splits_its_pair_budget_between_the_classes(plugins, data, monkeypatch):
+def test_ms_ssim_splits_its_pair_budget_between_the_classes(monkeypatch):
     """``max_pairs`` pairs per set in all: each of 2 classes of 10 images (45 pairs) gives 10 of max_pairs = 20."""
     import raresynth.plugins.weightfree.msssim as module
 
