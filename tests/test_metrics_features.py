@@ -124,6 +124,15 @@ def test_metric_options_are_validated_with_the_run_config(toy_config, registry):
     assert "metrics.1.percentile" in message
 
 
+def test_even_windows_are_refused_when_the_config_is_loaded(toy_config, registry):
+    """Before any training: an SWD neighbourhood or an MS-SSIM window needs a centre pixel."""
+    metrics = [{"name": "swd", "neighbourhood": 8}, {"name": "ms_ssim", "window": 10}]
+    with pytest.raises(ConfigError) as info:
+        load_config(toy_config(metrics=metrics), registry=registry)
+    assert str(info.value).splitlines() == ["config: metrics.0.neighbourhood: must be odd (got 8)",
+                                            "config: metrics.1.window: must be odd (got 10)"]
+
+
 # -- small helpers ---------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from raresynth import (
     ConfigError,
@@ -162,6 +162,13 @@ class SWDParams(PluginParams):
     directions: int = Field(128, ge=1, description="random directions per repeat")
     seed: int = 0
 
+    @field_validator("neighbourhood")
+    @classmethod
+    def _odd(cls, neighbourhood: int) -> int:
+        if neighbourhood % 2 == 0:  # a centre pixel for each neighbourhood, as in the paper's 7x7
+            raise ValueError(f"must be odd (got {neighbourhood})")
+        return neighbourhood
+
 
 class SWD(Metric):
     """Sliced Wasserstein distance x 1e3 per Laplacian pyramid level (``swd_<res>``) and averaged (``swd``).
@@ -181,8 +188,6 @@ class SWD(Metric):
     def compute(self, train: ImageSet, held_out: ImageSet, synthetic: ImageSet) -> list[MetricValue]:
         check_compatible(train, held_out=held_out, synthetic=synthetic)
         p = self.params
-        if p.neighbourhood % 2 == 0:
-            raise ConfigError(f"neighbourhood: must be odd (got {p.neighbourhood})")
         reference = train if p.reference == "train" else held_out
         preprocessing = Preprocessing()  # the 8-bit images, as saved to PNG
         fake = preprocessing.apply(synthetic.images).float()
