@@ -576,6 +576,17 @@ def test_ssim_window_shrinks_to_the_largest_odd_size_that_fits(side, size):
     assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
 
 
+@pytest.mark.parametrize("shape, size", [((40, 64), 11), ((9, 40), 9), ((40, 9), 9)])
+def test_ssim_of_images_that_are_not_square(shape, size):
+    """``ssim`` is public: rows and columns are blurred with their own lengths, and the window fits the shorter side."""
+    from skimage import data as skdata
+
+    camera = skdata.camera()[::8, ::8][: shape[0], : shape[1]].astype(np.float64) / 255
+    other = np.clip(0.7 * camera + 0.1 + 0.1 * np.random.default_rng(0).standard_normal(camera.shape), 0, 1)
+    x, y = (torch.from_numpy(v * 2 - 1)[None, None] for v in (camera, other))
+    assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
+
+
 def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM's contrast-structure term from scikit-image: a huge K1 makes the luminance factor 1."""
     from skimage.metrics import structural_similarity
