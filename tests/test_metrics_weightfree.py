@@ -587,6 +587,17 @@ def test_ssim_of_images_that_are_not_square(shape, size):
     assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
 
 
+def test_ssim_and_ms_ssim_of_single_pixels_are_the_luminance_term():
+    """The smallest images: a 1-tap window, no variance (the contrast-structure term is c2 / c2 = 1) and one scale."""
+    x = torch.tensor([-0.5, 0.2, 1.0, -1.0]).view(4, 1, 1, 1)
+    y = torch.tensor([0.5, 0.2, 0.0, -0.96]).view(4, 1, 1, 1)
+    mx, my, c1 = (x.flatten().double() + 1) / 2, (y.flatten().double() + 1) / 2, 0.01**2
+    luminance = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
+    assert ms_ssim_scales(1, 1) == 1
+    for score in (ssim(x, y), ms_ssim(x, y)):
+        assert score.double().numpy() == pytest.approx(luminance.numpy(), abs=1e-6)
+
+
 def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM's contrast-structure term from scikit-image: a huge K1 makes the luminance factor 1."""
     from skimage.metrics import structural_similarity
@@ -595,15 +606,15 @@ def _skimage_cs(a: np.ndarray, b: np.ndarray) -> float:
                                  K1=1e6, K2=0.03, channel_axis=2)
 
 
-@pytest.mark.parametrize("step, scales", [(16, 2), (8, 3), (4, 4)])
-def test_ms_ssim_equals_its_definition_on_scikit_image_ssim(step, scales):
+@pytest.mark.parametrize("step, rows, scales", [(16, None, 2), (8, None, 3), (4, None, 4), (8, 40, 2)])
+def test_ms_ssim_equals_its_definition_on_scikit_image_ssim(step, rows, scales):
     """Wang et al. 2003, eq. 7: cs at the finer scales, SSIM at the coarsest, 2x2 mean pooling, the paper's exponents
-    renormalized over the scales used (2, 3 and 4 at 32, 64 and 128 px)."""
+    renormalized over the scales used (2, 3 and 4 at 32, 64 and 128 px; 40x64 images: the shorter side decides)."""
     from skimage import data as skdata
     from skimage.metrics import structural_similarity
 
     assert MS_SSIM_WEIGHTS == (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the paper's exponents, fine to coarse
-    astronaut = skdata.astronaut()[::step, ::step].astype(np.float64)  # 512 / step pixels a side, RGB
+    astronaut = skdata.astronaut()[::step, ::step][:rows].astype(np.float64)  # 512 / step pixels a side, RGB
     side = astronaut.shape[0]
     x = torch.from_numpy(astronaut / 127.5 - 1).permute(2, 0, 1)[None]
     y = (x * 0.7 + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)).clamp(-1, 1)
