@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -344,6 +345,30 @@ def test_prdc_values_carry_no_suffix_only_in_the_papers_vgg16_features(plugins, 
 
 def test_frd_is_registered_only_when_frd_score_is_installed(plugins):
     assert ("frd" in plugins.names("metric")) == frd_available()
+
+
+def _itk_threads_here(_=None) -> int:
+    import SimpleITK as sitk
+
+    return sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+
+
+@pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_frd_extraction_processes_use_the_threads_set_and_the_setting_is_restored(method, monkeypatch):
+    import multiprocessing
+
+    from raresynth.plugins.weightfree.frd import itk_threads
+
+    monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "3")
+    before = _itk_threads_here()
+    with itk_threads(1), multiprocessing.get_context(method).Pool(1) as pool:  # frd-score's pool starts inside
+        assert (_itk_threads_here(), pool.map(_itk_threads_here, [0])) == (1, [1])
+    assert (_itk_threads_here(), os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"]) == (before, "3")
+    monkeypatch.delenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    with pytest.raises(KeyError), itk_threads(2):  # restored after an error too, and an unset variable stays unset
+        raise KeyError
+    assert (_itk_threads_here(), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS" in os.environ) == (before, False)
 
 
 @pytest.mark.skipif(not frd_available(), reason="frd-score is not installed (pip install 'raresynth[frd]')")
