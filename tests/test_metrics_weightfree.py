@@ -589,27 +589,28 @@ def _ssim_by_hand(a: np.ndarray, b: np.ndarray, size: int, sigma: float = 1.5) -
     return float(np.mean(scores))
 
 
+def _assert_ssim_by_hand(step: int, shape: tuple[int, int], size: int) -> None:
+    """``ssim`` of a ``shape`` crop of the camera photograph (every ``step``-th pixel) and a distorted copy, against
+    :func:`_ssim_by_hand` with a ``size``-tap window."""
+    from skimage import data as skdata
+
+    camera = skdata.camera()[::step, ::step][: shape[0], : shape[1]].astype(np.float64) / 255
+    other = np.clip(0.7 * camera + 0.1 + 0.1 * np.random.default_rng(0).standard_normal(camera.shape), 0, 1)
+    x, y = (torch.from_numpy(v * 2 - 1)[None, None] for v in (camera, other))
+    assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
+
+
 @pytest.mark.parametrize("side, size", [(2, 1), (8, 7), (9, 9), (10, 9), (12, 11)])
 def test_ssim_window_shrinks_to_the_largest_odd_size_that_fits(side, size):
     """Images smaller than the 11-pixel window (the audit matches at 8 px and up): the window becomes the largest odd size
     that fits, here checked against SSIM computed window by window."""
-    from skimage import data as skdata
-
-    camera = skdata.camera()[::16, ::16][:side, :side].astype(np.float64) / 255
-    other = np.clip(0.7 * camera + 0.1 + 0.1 * np.random.default_rng(0).standard_normal(camera.shape), 0, 1)
-    x, y = (torch.from_numpy(v * 2 - 1)[None, None] for v in (camera, other))
-    assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
+    _assert_ssim_by_hand(16, (side, side), size)
 
 
 @pytest.mark.parametrize("shape, size", [((40, 64), 11), ((9, 40), 9), ((40, 9), 9)])
 def test_ssim_of_images_that_are_not_square(shape, size):
     """``ssim`` is public: rows and columns are blurred with their own lengths, and the window fits the shorter side."""
-    from skimage import data as skdata
-
-    camera = skdata.camera()[::8, ::8][: shape[0], : shape[1]].astype(np.float64) / 255
-    other = np.clip(0.7 * camera + 0.1 + 0.1 * np.random.default_rng(0).standard_normal(camera.shape), 0, 1)
-    x, y = (torch.from_numpy(v * 2 - 1)[None, None] for v in (camera, other))
-    assert float(ssim(x, y)[0]) == pytest.approx(_ssim_by_hand(camera, other, size), abs=1e-5)
+    _assert_ssim_by_hand(8, shape, size)
 
 
 def test_ssim_and_ms_ssim_of_single_pixels_are_the_luminance_term():

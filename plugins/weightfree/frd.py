@@ -73,10 +73,11 @@ def radiomic_features(images: ImageSet, frd_version: str, num_workers: int | Non
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     features = list(frd_module.V0_DEFAULT_FEATURES) if frd_version == "v0" else None  # v1: the package's YAML config
     extractor = frd_module.get_feature_extractor(frd_version=frd_version, features=features, image_dim=2)
-    workers = num_workers or os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    workers = num_workers or cores
     with tempfile.TemporaryDirectory(prefix="raresynth-frd-") as tmp:
         files = [str(path) for path in write_pngs(images, Path(tmp))]
-        with contextlib.redirect_stdout(io.StringIO()), itk_threads(max(1, (os.cpu_count() or 1) // workers)):
+        with contextlib.redirect_stdout(io.StringIO()), itk_threads(max(1, cores // workers)):
             array, _, _ = frd_module.compute_features(files, extractor, num_workers=workers, frd_version=frd_version)
     return np.asarray(array, dtype=np.float64)
 
@@ -85,9 +86,10 @@ def radiomic_features(images: ImageSet, frd_version: str, num_workers: int | Non
 def itk_threads(threads: int):
     """SimpleITK's filters (the resampling, LoG and wavelet filters of the extraction) on ``threads`` threads meanwhile.
 
-    frd-score runs one extraction process per core, and each would otherwise start as
-    many ITK threads as there are cores: a 2-core machine extracts about 20% faster with
-    one thread a process, with identical features. Forked processes inherit the setting;
+    frd-score runs ``num_workers`` extraction processes (one per core by default), and
+    each would otherwise start as many ITK threads as there are cores: on 2 cores, one
+    thread a process extracts 7-16% faster (``benchmarks/frd_extraction.py``), with
+    identical features. Forked processes inherit the setting;
     spawned ones read it from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``. Both are restored after.
     """
     import SimpleITK as sitk
