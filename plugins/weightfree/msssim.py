@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from raresynth import (
     ConfigError,
@@ -31,20 +31,16 @@ from raresynth import (
     pairs_of,
 )
 
+from .fields import OddInt
+
 
 class MSSSIMParams(PluginParams):
     reference: Literal["train", "held_out"] = Field("train", description="the real set whose pairs form the baseline")
     max_pairs: int = Field(1000, ge=1, description="pairs per set (all pairs when there are fewer)")
     within_class: bool = Field(True, description="pair images of the same class when both sets have labels (as Odena et al.)")
-    window: int = Field(11, ge=3, description="Gaussian window side, odd (shrinks to fit small images)")
+    # odd: a centre pixel, as scikit-image's structural_similarity also requires
+    window: OddInt = Field(11, ge=3, description="Gaussian window side, odd (shrinks to fit small images)")
     seed: int = 0
-
-    @field_validator("window")
-    @classmethod
-    def _odd(cls, window: int) -> int:
-        if window % 2 == 0:  # a centre pixel, as scikit-image's structural_similarity also requires
-            raise ValueError(f"must be odd (got {window})")
-        return window
 
 
 def mean_pair_ms_ssim(images: torch.Tensor, labels: torch.Tensor | None, max_pairs: int, window: int, generator: torch.Generator) -> float:

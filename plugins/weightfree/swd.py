@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from raresynth import (
     ConfigError,
@@ -31,6 +31,8 @@ from raresynth import (
     check_compatible,
     content_hash,
 )
+
+from .fields import OddInt
 
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
 
@@ -156,18 +158,12 @@ def pyramid_resolutions(side: int, min_resolution: int) -> list[int]:
 class SWDParams(PluginParams):
     reference: Literal["train", "held_out"] = Field("train", description="which real set the synthetic set is compared with")
     min_resolution: int = Field(16, ge=8, description="coarsest pyramid level (the paper: 16 px)")
-    neighbourhood: int = Field(7, ge=3, description="side of the descriptor neighbourhoods (odd)")
+    # odd: a centre pixel for each neighbourhood, as in the paper's 7x7
+    neighbourhood: OddInt = Field(7, ge=3, description="side of the descriptor neighbourhoods (odd)")
     per_image: int = Field(128, ge=1, description="neighbourhoods drawn per image and level")
     repeats: int = Field(4, ge=1)
     directions: int = Field(128, ge=1, description="random directions per repeat")
     seed: int = 0
-
-    @field_validator("neighbourhood")
-    @classmethod
-    def _odd(cls, neighbourhood: int) -> int:
-        if neighbourhood % 2 == 0:  # a centre pixel for each neighbourhood, as in the paper's 7x7
-            raise ValueError(f"must be odd (got {neighbourhood})")
-        return neighbourhood
 
 
 class SWD(Metric):
