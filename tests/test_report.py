@@ -7,6 +7,7 @@ import csv
 import math
 import re
 import statistics
+from collections.abc import Mapping
 
 import pytest
 from scipy import stats as scipy_stats
@@ -415,33 +416,78 @@ def test_a_noise_like_model_is_never_crowned_and_reference_rows_are_shown(tmp_pa
     assert (tmp_path / "plots" / "swd.png").is_file()
 
 
+def two_variant_results(names: Mapping[str, tuple[str, str, str]], a: Mapping[str, float], b: Mapping[str, float],
+                        real: Mapping[str, float], noise: Mapping[str, float]) -> dict:
+    """Variants a and b, one seed each, and reference rows; ``names``: value -> (metric, ideal, question), all informative."""
+    results = make_results()
+    results["values"] = {n: {"metric": m, "ideal": i, "question": q, "must_beat": ["noise"], "informative": True, "dataset_specific": False}
+                         for n, (m, i, q) in names.items()}
+    results["variants"] = [variant("a", "a", [run("a", 0, values=dict(a))]), variant("b", "b", [run("b", 0, values=dict(b))])]
+    results["references"] = {"real": {n: {"value": v} for n, v in real.items()}, "noise": {n: {"value": v} for n, v in noise.items()},
+                             "copies": {n: {"value": v} for n, v in real.items()}}
+    return results
+
+
 def test_a_value_that_disagrees_with_its_questions_majority_is_not_bold(tmp_path):
-    """Neither model looks like noise; the blurrier one (a) wins most fidelity and diversity values, the noisier one (b)
+    """Neither model looks like noise; the blurrier one (a) wins most fidelity and diversity metrics, the noisier one (b)
     wins SWD and recall: those two are not bold, and the report says why."""
-    names = {"swd": ("lower", "fidelity"), "precision": ("higher", "fidelity"), "fid": ("lower", "fidelity"),
-             "recall": ("higher", "diversity"), "coverage": ("higher", "diversity"), "ms_ssim_gap": ("lower", "diversity")}
+    names = {"swd": ("swd", "lower", "fidelity"), "precision": ("prdc", "higher", "fidelity"), "fid": ("fid", "lower", "fidelity"),
+             "recall": ("prdc", "higher", "diversity"), "coverage": ("prdc", "higher", "diversity"),
+             "ms_ssim_gap": ("ms_ssim", "lower", "diversity")}
     a = {"swd": 200.0, "precision": 0.9, "fid": 0.10, "recall": 0.70, "coverage": 0.53, "ms_ssim_gap": 0.10}
     b = {"swd": 185.0, "precision": 0.76, "fid": 0.17, "recall": 0.99, "coverage": 0.51, "ms_ssim_gap": 0.37}
     real = {"swd": 64.0, "precision": 0.97, "fid": 0.006, "recall": 0.99, "coverage": 0.58, "ms_ssim_gap": 0.02}
     noise = {"swd": 321.0, "precision": 0.47, "fid": 1.42, "recall": 0.42, "coverage": 0.22, "ms_ssim_gap": 0.35}
-    results = make_results()
-    results["values"] = {n: {"metric": "m", "ideal": i, "question": q, "must_beat": ["noise"], "informative": True, "dataset_specific": False}
-                         for n, (i, q) in names.items()}
-    results["variants"] = [variant("a", "a", [run("a", 0, values=a)]), variant("b", "b", [run("b", 0, values=b)])]
-    results["references"] = {"real": {n: {"value": v} for n, v in real.items()}, "noise": {n: {"value": v} for n, v in noise.items()},
-                             "copies": {n: {"value": v} for n, v in real.items()}}
+    results = two_variant_results(names, a, b, real, noise)
     from raresynth.bench.report import question_verdicts
 
     rows = summarize(results)
     verdicts = question_verdicts(results, rows)
-    assert verdicts["fidelity"] == {"values": 3, "wins": {"b": 1, "a": 2}, "winner": "a"}
-    assert verdicts["diversity"]["winner"] == "a" and verdicts["diversity"]["wins"] == {"a": 2, "b": 1}
+    assert verdicts["fidelity"] == {"metrics": 3, "wins": {"b": 1, "a": 2}, "winner": "a"}  # swd: b; prdc (precision), fid: a
+    # prdc's diversity values split (recall b, coverage a): prdc casts no diversity vote; ms_ssim's goes to a
+    assert verdicts["diversity"] == {"metrics": 1, "wins": {"a": 1}, "winner": "a"}
     text = write_report(results, tmp_path).read_text()
-    (table,) = [t for t in results_tables(text) if t[0][0] == "variant" and len(t[0]) > 2]
-    header = table[0]
-    bold = {name: [row[0] for row in table[2:] if row[header.index(title)].startswith("**")]
-            for name, title in zip(names, header[1:])}
+    table = results_table(text)
+    header = [cell.split(" ")[0] for cell in table[0]]
+    bold = {name: [row[0] for row in table[2:] if row[header.index(name)].startswith("**")] for name in names}
     assert bold == {"swd": [], "precision": ["a"], "fid": ["a"], "recall": [], "coverage": ["a"], "ms_ssim_gap": ["a"]}
-    assert "`swd`: best mean b (not marked best: 2 of the 3 informative fidelity values prefer a, and this one disagrees)" in text
-    assert "`recall`: best mean b (not marked best: 2 of the 3 informative diversity values prefer a" in text
-    assert "- fidelity: **a** (a 2, b 1, of 3)" in text and "- diversity: **a** (a 2, b 1, of 3)" in text
+    assert "`swd`: best mean b (not marked best: the fidelity verdict goes to a, 2 of 3 metric votes, and this one disagrees)" in text
+    assert "`recall`: best mean b (not marked best: the diversity verdict goes to a, 1 of 1 metric votes, and this one disagrees)" in text
+    assert "- fidelity: **a** (a 2, b 1, of 3)" in text and "- diversity: **a** (a 1, of 1)" in text
+
+
+def test_one_metric_one_vote_in_the_verdict_and_the_fidelity_position(tmp_path):
+    """A metric that reports a value per scale (SWD: the average and two levels, all preferring the noisier b) weighs as
+    much as a metric with one value: it does not outvote FID and PRDC, and counts once in the fidelity position, where a
+    value whose ideal is the real images' value (density) counts by its distance from real."""
+    from raresynth.bench.report import fidelity_position, question_verdicts
+
+    names = {"swd": ("swd", "lower", "fidelity"), "swd_32": ("swd", "lower", "fidelity"), "swd_16": ("swd", "lower", "fidelity"),
+             "fid": ("fid", "lower", "fidelity"), "precision": ("prdc", "higher", "fidelity"), "density": ("prdc", "real", "fidelity")}
+    a = {"swd": 219.0, "swd_32": 254.0, "swd_16": 186.0, "fid": 0.14, "precision": 0.87, "density": 0.72}
+    b = {"swd": 185.0, "swd_32": 185.0, "swd_16": 184.0, "fid": 0.26, "precision": 0.73, "density": 0.51}
+    real = {"swd": 62.4, "swd_32": 28.4, "swd_16": 96.3, "fid": 0.0066, "precision": 0.93, "density": 0.96}
+    noise = {"swd": 321.0, "swd_32": 280.0, "swd_16": 362.0, "fid": 0.98, "precision": 0.09, "density": 0.022}
+    results = two_variant_results(names, a, b, real, noise)
+    rows = summarize(results)
+    # value by value, b would win 3 of 6 (the three SWD values) and tie with a; metric by metric, a wins 2 of 3
+    assert question_verdicts(results, rows)["fidelity"] == {"metrics": 3, "wins": {"a": 2, "b": 1}, "winner": "a"}
+
+    def position(values, name):
+        metric, ideal, _ = names[name]
+        if ideal == "real":
+            return 1 - abs(values[name] - real[name]) / abs(noise[name] - real[name])
+        sign = 1 if ideal == "higher" else -1
+        return (sign * values[name] - sign * noise[name]) / (sign * real[name] - sign * noise[name])
+
+    for row, values in zip(rows, (a, b)):
+        swd = statistics.median(position(values, n) for n in ("swd", "swd_32", "swd_16"))
+        prdc = statistics.median(position(values, n) for n in ("precision", "density"))
+        assert fidelity_position(results, row) == pytest.approx(statistics.median([swd, position(values, "fid"), prdc]))
+    assert fidelity_position(results, rows[0]) > fidelity_position(results, rows[1])
+    # counted value by value (the median of all six), b's three SWD values would put it ahead of a
+    by_value = [statistics.median(position(values, n) for n in names if names[n][1] != "real") for values in (a, b)]
+    assert by_value[1] > by_value[0]
+    text = write_report(results, tmp_path).read_text()
+    assert "- fidelity: **a** (a 2, b 1, of 3)" in text
+    assert "`swd_32`: best mean b (not marked best: the fidelity verdict goes to a, 2 of 3 metric votes, and this one disagrees)" in text

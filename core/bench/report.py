@@ -180,22 +180,32 @@ NOISE_LIKE_BELOW = 0.5
 GATED_QUESTIONS = ("diversity", "privacy", "utility")
 
 
-def fidelity_position(results: Mapping[str, Any], row: Mapping[str, Any]) -> float | None:
-    """Where a variant's fidelity values lie between the noise (0) and real (held-out) (1) rows: their median.
+def _metric_of(results: Mapping[str, Any], name: str) -> str:
+    """The metric plugin that reported value ``name`` (the value's own name when unknown): the unit of one vote."""
+    return str(_value_info(results, name).get("metric") or name)
 
-    Only informative fidelity values with both references count; ``None`` without any.
+
+def fidelity_position(results: Mapping[str, Any], row: Mapping[str, Any]) -> float | None:
+    """Where a variant's fidelity lies between the noise (0) and real (held-out) (1) rows: a median over metrics.
+
+    Per informative fidelity value with both references, the position is
+    ``(score - score(noise)) / (score(real) - score(noise))`` with each value oriented by its
+    ideal; for an ideal of ``real`` that is ``1 - |value - real| / |noise - real|``. Each
+    metric counts once, with the median of its values' positions: SWD's per-level values
+    and their average are one metric, not three votes. ``None`` without any such value.
     """
-    positions = []
+    per_metric: dict[str, list[float]] = {}
     for name, stats in row["values"].items():
         info = _value_info(results, name)
         ideal = ideal_of(info)
-        if info.get("question", "fidelity") != "fidelity" or ideal not in ("higher", "lower") or info.get("informative") is not True:
+        if info.get("question", "fidelity") != "fidelity" or ideal == "none" or info.get("informative") is not True:
             continue
         real, noise, mean = reference_value(results, REAL, name), reference_value(results, NOISE, name), stats.get("mean")
         if real is None or noise is None or mean is None or not all(math.isfinite(x) for x in (real, noise, mean)) or real == noise:
             continue
-        positions.append((score(mean, ideal) - score(noise, ideal)) / (score(real, ideal) - score(noise, ideal)))
-    return statistics.median(positions) if positions else None
+        best, worst = score(real, ideal, real), score(noise, ideal, real)
+        per_metric.setdefault(_metric_of(results, name), []).append((score(mean, ideal, real) - worst) / (best - worst))
+    return statistics.median(statistics.median(p) for p in per_metric.values()) if per_metric else None
 
 
 def noise_like(results: Mapping[str, Any], row: Mapping[str, Any]) -> bool:
@@ -300,13 +310,16 @@ def _direction(info: Mapping[str, Any]) -> str:
 
 
 def question_verdicts(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per question (fidelity, diversity, privacy, utility): how many informative values each variant wins.
+    """Per question (fidelity, diversity, privacy, utility): how many metrics each variant wins; one metric, one vote.
 
-    ``{question: {"values": n, "wins": {variant: k}, "winner": variant | None}}``; the winner
-    wins more of the question's values than any other variant (``None`` on a tie). A value
-    counts when it has a single best variant (:func:`_value_winners`).
+    ``{question: {"metrics": n, "wins": {variant: k}, "winner": variant | None}}``. A value
+    counts when it has a single best variant (:func:`_value_winners`); a metric votes for
+    the variant that wins most of its counted values in that question (none on a tie), so
+    a metric that reports one value per scale or per score (SWD's levels, utility's three
+    scores) weighs as much as one that reports a single number. The winner has more votes
+    than any other variant (``None`` on a tie).
     """
-    verdicts: dict[str, dict[str, Any]] = {}
+    tallies: dict[str, dict[str, dict[str, int]]] = {}
     names = _value_names(results)
     for name in names:
         if name.endswith("_std") and name.removesuffix("_std") in names:
@@ -315,25 +328,37 @@ def question_verdicts(results: Mapping[str, Any], rows: Sequence[Mapping[str, An
         winners = _value_winners(rows, name, info, results)
         if len(winners) != 1:
             continue
-        verdict = verdicts.setdefault(info.get("question", "fidelity"), {"values": 0, "wins": {}, "winner": None})
-        verdict["values"] += 1
+        metric = tallies.setdefault(info.get("question", "fidelity"), {}).setdefault(_metric_of(results, name), {})
         winner = rows[next(iter(winners))]["variant"]
-        verdict["wins"][winner] = verdict["wins"].get(winner, 0) + 1
-    for verdict in verdicts.values():
-        ranked = sorted(verdict["wins"].items(), key=lambda item: -item[1])
-        if len(ranked) == 1 or ranked[0][1] > ranked[1][1]:
-            verdict["winner"] = ranked[0][0]
-    return verdicts
+        metric[winner] = metric.get(winner, 0) + 1
+    verdicts: dict[str, dict[str, Any]] = {}
+    for question, metrics in tallies.items():
+        verdict = verdicts.setdefault(question, {"metrics": 0, "wins": {}, "winner": None})
+        for wins in metrics.values():
+            ranked = _ranked(wins)
+            if ranked:
+                verdict["metrics"] += 1
+                verdict["wins"][ranked] = verdict["wins"].get(ranked, 0) + 1
+        verdict["winner"] = _ranked(verdict["wins"])
+    return {question: verdict for question, verdict in verdicts.items() if verdict["metrics"]}
+
+
+def _ranked(counts: Mapping[str, int]) -> str | None:
+    """The key with the highest count; ``None`` when there is none or two share it."""
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]):
+        return ranked[0][0]
+    return None
 
 
 def _best_rows(rows: Sequence[Mapping[str, Any]], name: str, info: Mapping[str, Any], results: Mapping[str, Any] | None = None,
                verdicts: Mapping[str, Mapping[str, Any]] | None = None) -> set[int]:
-    """The rows to bold for value ``name``: its best variant (:func:`_value_winners`), unless the majority of
-    the value's question prefers another variant.
+    """The rows to bold for value ``name``: its best variant (:func:`_value_winners`), unless its question's
+    verdict (:func:`question_verdicts`) goes to another variant.
 
-    A value whose best variant is not the one most of its question's informative values
-    prefer (SWD preferring high-frequency noise over a blurry but faithful model, say)
-    disagrees with them: nothing is marked, and the verdict line under the table says so.
+    A value whose best variant is not the one most metrics of its question vote for (SWD
+    preferring high-frequency noise over a blurry but faithful model, say) disagrees
+    with them: nothing is marked, and the verdict line under the table says so.
     """
     best = _value_winners(rows, name, info, results)
     verdict = (verdicts if verdicts is not None else question_verdicts(results or {}, rows)).get(info.get("question", "fidelity"))
@@ -651,8 +676,8 @@ def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapp
         elif _value_winners(rows, name, info, results) and not _best_rows(rows, name, info, results, verdicts):
             verdict = verdicts[info.get("question", "fidelity")]
             majority = labels.get(verdict["winner"], verdict["winner"])
-            bolded = (f" (not marked best: {verdict['wins'][verdict['winner']]} of the {verdict['values']} informative "
-                      f"{info.get('question', 'fidelity')} values prefer {_md(majority)}, and this one disagrees)")
+            bolded = (f" (not marked best: the {info.get('question', 'fidelity')} verdict goes to {_md(majority)}, "
+                      f"{verdict['wins'][verdict['winner']]} of {verdict['metrics']} metric votes, and this one disagrees)")
         elif not _best_rows(rows, name, info, results, verdicts):
             means = {row["values"][name]["mean"] for row in rows if row["values"][name]["mean"] is not None}
             if len(means) == 1:
@@ -664,25 +689,26 @@ def _verdict_lines(results: Mapping[str, Any], names: Sequence[str], infos: Mapp
 
 
 def _summary_lines(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], verdicts: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The verdict by question, from the informative values each variant wins."""
+    """The verdict by question, from the metric votes each variant wins (:func:`question_verdicts`)."""
     if not verdicts:
         return []
     labels = {row["variant"]: row["label"] for row in rows}
-    lines = ["", "**Verdict by question** (informative values with a single best variant, of those each variant wins):", ""]
+    lines = ["", "**Verdict by question** (one vote per metric: the variant that wins most of its informative values; "
+             "votes each variant has, of the metrics that voted):", ""]
     for question in ("fidelity", "diversity", "privacy", "utility"):
         verdict = verdicts.get(question)
         if not verdict:
             continue
         wins = ", ".join(f"{_md(labels.get(v, v))} {k}" for v, k in sorted(verdict["wins"].items(), key=lambda item: -item[1]))
         winner = f"**{_md(labels.get(verdict['winner'], verdict['winner']))}**" if verdict["winner"] else "no majority"
-        lines.append(f"- {question}: {winner} ({wins}, of {verdict['values']})")
+        lines.append(f"- {question}: {winner} ({wins}, of {verdict['metrics']})")
     fidelity = verdicts.get("fidelity", {}).get("winner")
     noise_like_rows = [row for row in rows if noise_like(results, row)]
     if noise_like_rows:
         lines.append("- noise-like (fidelity position below 0.5): " + ", ".join(_md(row["label"]) for row in noise_like_rows))
     if fidelity:
         lines += ["", f"Fidelity comes first: diversity, privacy or utility without it is no merit. By the majority of the "
-                  f"informative fidelity values, the most faithful variant here is {_md(labels.get(fidelity, fidelity))}; "
+                  f"metrics with informative fidelity values, the most faithful variant here is {_md(labels.get(fidelity, fidelity))}; "
                   "see each value's test below before trusting a small difference."]
     return lines
 
@@ -724,12 +750,13 @@ def _results_section(results: Mapping[str, Any]) -> list[str]:
               "the value), then its 95% interval in brackets: Student's t over seeds, or with one seed the spread over "
               "half-samples of the synthetic set (which covers the synthetic sample, not training randomness). **bold**: the "
               "best mean by the value's ideal, only where the value is informative on this dataset, the best variant beats "
-              "the noise reference (copies, for privacy values) and it agrees with the majority of its question's informative "
-              "values; ⚠: uninformative here. Train time and img/s: mean over "
+              "the noise reference (copies, for privacy values) and it agrees with the majority of the metrics voting on its "
+              "question; ⚠: uninformative here. Train time and img/s: mean over "
               "finished runs."]
     if any(fidelity_position(results, row) is not None for row in rows):
-        lines += ["", "Fidelity (noise 0, real 1): the median over the informative fidelity values of where a variant lies between "
-                  "the *noise* row (0) and the *real (held-out)* row (1). Below 0.5 (⚠ noise-like) its samples are closer to noise "
+        lines += ["", "Fidelity (noise 0, real 1): where a variant's informative fidelity values lie between the *noise* row (0) "
+                  "and the *real (held-out)* row (1), the median over metrics of each metric's median (one metric, one vote; "
+                  "for a value whose ideal is the real images' value, 1 - its distance from real / noise's). Below 0.5 (⚠ noise-like) its samples are closer to noise "
                   "than to real images, and it is never marked best on a diversity, privacy or utility value: noise is diverse "
                   "and private, and that is no merit."]
     if references:
