@@ -70,11 +70,12 @@ def shown_image(driver) -> str:
 def wait_for_next(driver, previous: str) -> None:
     """Until the page shows another image than ``previous``, or the done page."""
     def changed(d):
-        if d.find_elements(By.ID, "done"):
-            return True
-        fields = d.find_elements(By.NAME, "image_id")
-        return bool(fields) and fields[0].get_attribute("value") != previous
-    # the page is replaced while it is read: a stale element just means "look again"
+        # one script reads the page as it is now: an element found in one call and read in the next can belong to the
+        # page the form submission replaced (Chromium then answers "Node with given id does not belong to the document")
+        shown = d.execute_script("if (document.getElementById('done')) return true;"
+                                 "const fields = document.getElementsByName('image_id');"
+                                 "return fields.length ? fields[0].value : null;")
+        return shown is True or (shown is not None and shown != previous)
     WebDriverWait(driver, TIMEOUT, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(changed)
 
 
