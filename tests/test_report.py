@@ -454,6 +454,16 @@ def test_a_value_that_disagrees_with_its_questions_majority_is_not_bold(tmp_path
     assert "`swd`: best mean b (not marked best: the fidelity verdict goes to a, 2 of 3 metric votes, and this one disagrees)" in text
     assert "`recall`: best mean b (not marked best: the diversity verdict goes to a, 1 of 1 metric votes, and this one disagrees)" in text
     assert "- fidelity: **a** (a 2, b 1, of 3)" in text and "- diversity: **a** (a 1, of 1)" in text
+    # without MS-SSIM, diversity has only prdc's split values: no metric votes, and nothing is held back from bold
+    for where in [results["values"], *(r["values"] for v in results["variants"] for r in v["runs"]), *results["references"].values()]:
+        where.pop("ms_ssim_gap")
+    verdicts = question_verdicts(results, summarize(results))
+    assert verdicts["diversity"] == {"metrics": 0, "wins": {}, "winner": None}
+    text = write_report(results, tmp_path).read_text()
+    assert "- diversity: no majority (each metric's diversity values split between variants: no metric voted)" in text
+    table = results_table(text)
+    header = [cell.split(" ")[0] for cell in table[0]]
+    assert [row[0] for row in table[2:] if row[header.index("recall")].startswith("**")] == ["b"]
 
 
 def test_one_metric_one_vote_in_the_verdict_and_the_fidelity_position(tmp_path):

@@ -317,7 +317,7 @@ def question_verdicts(results: Mapping[str, Any], rows: Sequence[Mapping[str, An
     the variant that wins most of its counted values in that question (none on a tie), so
     a metric that reports one value per scale or per score (SWD's levels, utility's three
     scores) weighs as much as one that reports a single number. The winner has more votes
-    than any other variant (``None`` on a tie).
+    than any other variant (``None`` on a tie, or when every metric's values split).
     """
     tallies: dict[str, dict[str, dict[str, int]]] = {}
     names = _value_names(results)
@@ -340,7 +340,7 @@ def question_verdicts(results: Mapping[str, Any], rows: Sequence[Mapping[str, An
                 verdict["metrics"] += 1
                 verdict["wins"][ranked] = verdict["wins"].get(ranked, 0) + 1
         verdict["winner"] = _ranked(verdict["wins"])
-    return {question: verdict for question, verdict in verdicts.items() if verdict["metrics"]}
+    return verdicts
 
 
 def _ranked(counts: Mapping[str, int]) -> str | None:
@@ -698,6 +698,9 @@ def _summary_lines(results: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     for question in ("fidelity", "diversity", "privacy", "utility"):
         verdict = verdicts.get(question)
         if not verdict:
+            continue
+        if not verdict["metrics"]:
+            lines.append(f"- {question}: no majority (each metric's {question} values split between variants: no metric voted)")
             continue
         wins = ", ".join(f"{_md(labels.get(v, v))} {k}" for v, k in sorted(verdict["wins"].items(), key=lambda item: -item[1]))
         winner = f"**{_md(labels.get(verdict['winner'], verdict['winner']))}**" if verdict["winner"] else "no majority"
