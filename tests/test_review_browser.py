@@ -24,7 +24,6 @@ from review_helpers import ProcessServer, key, png_chunks, request, stored_answe
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason=NO_BROWSER)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed: pip install -e '.[review]'")
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -76,7 +75,7 @@ def wait_for_next(driver, previous: str) -> None:
                                  "const fields = document.getElementsByName('image_id');"
                                  "return fields.length ? fields[0].value : null;")
         return shown is True or (shown is not None and shown != previous)
-    WebDriverWait(driver, TIMEOUT, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)).until(changed)
+    WebDriverWait(driver, TIMEOUT).until(changed)
 
 
 def decide(truth: str, position: int, reader: str) -> tuple[str, int]:

@@ -28,6 +28,7 @@ import io
 import math
 import re
 import statistics
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,11 +86,16 @@ def _value_info(results: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     return (results.get("values") or {}).get(name) or {}
 
 
+def _metric_of(results: Mapping[str, Any], name: str) -> str:
+    """The metric plugin that reported value ``name`` (the value's own name when unknown): the unit of one vote."""
+    return str(_value_info(results, name).get("metric") or name)
+
+
 def _groups(results: Mapping[str, Any], names: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Value names grouped by the metric plugin that reported them, in first-seen order."""
     groups: dict[str, list[str]] = {}
     for name in names:
-        groups.setdefault(str(_value_info(results, name).get("metric") or name), []).append(name)
+        groups.setdefault(_metric_of(results, name), []).append(name)
     return list(groups.items())
 
 
@@ -178,11 +184,6 @@ def reference_value(results: Mapping[str, Any], ref: str, name: str) -> float | 
 NOISE_LIKE_BELOW = 0.5
 #: Merits that mean nothing without fidelity: the diversity, privacy or utility of noise.
 GATED_QUESTIONS = ("diversity", "privacy", "utility")
-
-
-def _metric_of(results: Mapping[str, Any], name: str) -> str:
-    """The metric plugin that reported value ``name`` (the value's own name when unknown): the unit of one vote."""
-    return str(_value_info(results, name).get("metric") or name)
 
 
 def fidelity_position(results: Mapping[str, Any], row: Mapping[str, Any]) -> float | None:
@@ -333,13 +334,9 @@ def question_verdicts(results: Mapping[str, Any], rows: Sequence[Mapping[str, An
         metric[winner] = metric.get(winner, 0) + 1
     verdicts: dict[str, dict[str, Any]] = {}
     for question, metrics in tallies.items():
-        verdict = verdicts.setdefault(question, {"metrics": 0, "wins": {}, "winner": None})
-        for wins in metrics.values():
-            ranked = _ranked(wins)
-            if ranked:
-                verdict["metrics"] += 1
-                verdict["wins"][ranked] = verdict["wins"].get(ranked, 0) + 1
-        verdict["winner"] = _ranked(verdict["wins"])
+        votes = [vote for vote in map(_ranked, metrics.values()) if vote is not None]
+        wins = dict(Counter(votes))
+        verdicts[question] = {"metrics": len(votes), "wins": wins, "winner": _ranked(wins)}
     return verdicts
 
 
